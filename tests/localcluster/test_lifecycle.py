@@ -1,0 +1,97 @@
+"""What `rectrain-local` promises about its own processes and data: up/down/up, --fresh, reuse, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from rectrain_local.build import BINARIES, BuildCache
+from rectrain_local.cluster import LocalCluster
+
+CLI = [sys.executable, "-m", "rectrain_local.cli"]
+
+
+def _core(cluster: LocalCluster) -> client.CoreV1Api:
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+
+
+def _config_map_exists(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_namespaced_config_map(name, "default")
+        return True
+    except client.ApiException as exc:
+        assert exc.status == 404
+        return False
+
+
+def _cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "--state-dir", str(state_dir), *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_restart_keeps_data_and_fresh_wipes_it(tmp_path):
+    if os.environ.get("RECTRAIN_TEST_KUBECONFIG"):
+        pytest.skip("exercises rectrain-local itself, not an external cluster")
+    cluster = LocalCluster(tmp_path / "state")
+    try:
+        cluster.up(fresh=True)
+        _core(cluster).create_namespaced_config_map("default", {"metadata": {"name": "survivor"}})
+        first = {p.name: p.pid for p in cluster.load_state().processes}
+        assert set(first) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+
+        # A second `up` reuses the running cluster instead of starting another.
+        result = _cli(cluster.state_dir, "up")
+        assert result.returncode == 0, result.stderr
+        assert "already running" in result.stderr
+        assert {p.name: p.pid for p in cluster.load_state().processes} == first
+
+        records = cluster.load_state().processes
+        result = _cli(cluster.state_dir, "down")
+        assert result.returncode == 0, result.stderr
+        assert not any(record.alive() for record in records), "down left a process running"
+        assert _cli(cluster.state_dir, "status").returncode == 3
+
+        cluster.up()
+        assert _config_map_exists(_core(cluster), "survivor"), "data did not survive a restart"
+        cluster.up(fresh=True)
+        assert not _config_map_exists(_core(cluster), "survivor"), "--fresh did not wipe the data"
+
+        status = json.loads(_cli(cluster.state_dir, "status").stdout)
+        assert status["apiserverReady"] and all(p["alive"] for p in status["processes"])
+        assert _cli(cluster.state_dir, "env").stdout.strip() == f"export KUBECONFIG={cluster.kubeconfig}"
+    finally:
+        records = cluster.load_state().processes
+        cluster.down(quiet=True)
+        assert not any(record.alive() for record in records)
+
+
+def test_a_failing_step_names_the_step_command_and_log(tmp_path):
+    if os.environ.get("RECTRAIN_TEST_KUBECONFIG"):
+        pytest.skip("exercises rectrain-local itself, not an external cluster")
+    state = tmp_path / "state"
+    # etcd cannot use a data directory that is a file: the start-up must fail at that step, cleanly.
+    (state / "cluster").mkdir(parents=True)
+    (state / "cluster" / "etcd").write_text("not a directory")
+    result = _cli(state, "up", "--timeout", "30")
+    assert result.returncode == 1
+    assert "step failed:" in result.stderr and "etcd" in result.stderr
+    assert "command:" in result.stderr and "log:" in result.stderr
+    assert not any(record.alive() for record in LocalCluster(state).load_state().processes)
+
+
+def test_half_built_cache_is_not_complete(tmp_path):
+    cache = BuildCache(tmp_path / "k8s")
+    (cache.bin_dir).mkdir(parents=True)
+    for name in BINARIES:
+        (cache.bin_dir / name).write_text("#!/bin/sh\n")
+        (cache.bin_dir / name).chmod(0o755)
+    assert not cache.is_complete(), "binaries without the completion marker must not count"
+    cache.marker.write_text("{}")
+    assert cache.is_complete()
+    (cache.bin_dir / BINARIES[0]).unlink()
+    assert not cache.is_complete(), "a marker with a binary missing must not count"

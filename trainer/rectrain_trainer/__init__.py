@@ -1,0 +1,1 @@
+"""trainer/rectrain_trainer"""
