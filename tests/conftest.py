@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 KUBECONFIG_ENV = "RECTRAIN_TEST_KUBECONFIG"
 
@@ -64,6 +65,8 @@ def namespace(request: pytest.FixtureRequest, k8s_api) -> Iterator[str]:
     name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(k8s_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"rectrain.io/test": "true"})))
+    # Until the controller-manager has issued the default ServiceAccount's token, 1.20 refuses pods.
+    wait_for(lambda: core.read_namespaced_service_account("default", name).secrets, what=f"namespace {name} to get its default token")
     try:
         yield name
     finally:

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,14 +27,14 @@ from typing import Callable
 from . import build as control_plane_build
 from .pki import SERVICE_ACCOUNT_ISSUER, Pki, ensure_pki
 from .processes import ProcessRecord, spawn, stop
-from .steps import StepFailed, say
+from .steps import StepFailed, is_root, say
 
 CONTEXT_NAME = "rectrain-local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 CONTROLLERS = (
-    "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-attachdetach,"
-    "-persistentvolume-binder,-persistentvolume-expander"
+    "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-attachdetach,-persistentvolume-expander"
 )
+NODE_NAME = "rectrain-local-node"
 PORT_NAMES = ("etcdClient", "etcdPeer", "apiserver", "controllerManager", "scheduler")
 
 
@@ -87,6 +88,7 @@ class Component:
     argv: list[str]
     ready: Callable[[], bool]
     ready_timeout: float = 60.0
+    env: dict[str, str] | None = None
 
 
 class LocalCluster:
@@ -164,7 +166,9 @@ class LocalCluster:
     def running(self) -> bool:
         state = self.load_state()
         names = {p.name for p in state.processes if p.alive()}
-        return {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} <= names and self.apiserver_ready()
+        everything_alive = len(names) == len(state.processes)
+        core = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+        return everything_alive and core <= names and self.apiserver_ready()
 
     # ---- files ---------------------------------------------------------------------------------
     def _write_kubeconfig(self, path: Path, port: int) -> None:
@@ -278,9 +282,40 @@ class LocalCluster:
             ),
         ]
 
+    def node_name(self) -> str:
+        return NODE_NAME
+
+    def node_ready(self) -> bool:
+        url = f"{self.server}/api/v1/nodes/{NODE_NAME}"
+        status, body = self._get(url, token=self.admin_token())
+        if status != 200:
+            return False
+        node = json.loads(body)
+        taints = node.get("spec", {}).get("taints") or []
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions") or [])
+        return ready and not taints
+
+    def _node_agent(self, ports: dict[str, int], gpus: int) -> Component:
+        return Component(
+            "node-agent",
+            [
+                sys.executable, "-m", "rectrain_local.node.agent",
+                f"--kubeconfig={self.cluster_dir / 'admin.kubeconfig'}",
+                f"--state-dir={self.state_dir}",
+                f"--node-name={NODE_NAME}",
+                f"--api-port={ports['apiserver']}",
+                f"--gpus={gpus}",
+            ],
+            self.node_ready,
+        )
+
     # ---- lifecycle -----------------------------------------------------------------------------
-    def up(self, *, fresh: bool = False, timeout: float = 90.0) -> None:
-        """Start the control plane, or reuse it when it already runs (unless `fresh`)."""
+    def up(self, *, fresh: bool = False, timeout: float = 90.0, node: bool = True, gpus: int = 0) -> None:
+        """Start the control plane and the node agent, or reuse them when they already run (unless `fresh`).
+
+        The node agent (pods as local processes) needs root for network namespaces; without root, or
+        with node=False, pods are scheduled nowhere and stay Pending.
+        """
         if not fresh and self.running():
             self._write_kubeconfig(self.kubeconfig, self.load_state().ports["apiserver"])
             say(f"already running; kubeconfig: {self.kubeconfig}")
@@ -297,7 +332,12 @@ class LocalCluster:
         self._write_kubeconfig(self.cluster_dir / "admin.kubeconfig", state.ports["apiserver"])
         deadline = time.monotonic() + timeout
         try:
-            for component in self._components(bin_dir, state.ports):
+            components = self._components(bin_dir, state.ports)
+            if node and is_root():
+                components.append(self._node_agent(state.ports, gpus))
+            elif node:
+                say("not root: no node agent (pods will stay Pending); run as root to run pods")
+            for component in components:
                 log = self.log_dir / f"{component.name}.log"
                 say(f"starting {component.name}")
                 try:
