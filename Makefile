@@ -6,14 +6,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 PY := $(BIN)/python
-EXTRAS := operator,trainer,test
+EXTRAS := operator,trainer,local,cli,test
 # Re-install when the pins change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
 export PATH := $(BIN):$(PATH)
 export KUBECONFIG_LOCAL := $(abspath .rectrain/kubeconfig)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-python venv tools control-plane cluster cluster-down cluster-status crd test demo clean
+.PHONY: help setup system-python venv tools control-plane cluster cluster-down cluster-status crd test demo demo-down clean
 
 help:
 	@echo "make demo          set up, start the local cluster and run a training job to Succeeded"
@@ -64,5 +64,9 @@ test: setup
 demo: setup
 	@bash examples/demo.sh
 
-clean: cluster-down
+demo-down:
+	@if [ -f .rectrain/operator.pid ]; then kill "$$(cat .rectrain/operator.pid)" 2>/dev/null || true; rm -f .rectrain/operator.pid; fi
+	@$(MAKE) --no-print-directory cluster-down
+
+clean: demo-down
 	rm -rf $(VENV) .rectrain

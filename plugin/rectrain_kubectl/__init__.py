@@ -1,0 +1,1 @@
+"""`kubectl rectrain`: submit, list and watch RecTrainJobs."""

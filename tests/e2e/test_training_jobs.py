@@ -1,0 +1,144 @@
+"""A RecTrainJob end to end: kubectl apply -> operator -> rank pods run by the node agent -> the
+trainer trains for real and reports into the job's status. Spot reclaims and application failures
+go through the same paths as on a cloud cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from rectrain_api import job as api
+from support import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+TABLES = [1000] * 26
+
+
+def trainer(rows: int, batch: int, *, checkpoint_every: int | None = None, data: dict | None = None) -> dict:
+    section = {
+        "model": {"embeddingDim": 16, "tableSizes": TABLES, "bottomMlp": [32, 16], "topMlp": [32, 16]},
+        "data": data or {"source": "synthetic", "synthetic": {"rows": rows, "evalRows": 4000, "seed": 7}},
+        "training": {"epochs": 1, "batchSize": batch, "precision": "bf16", "backend": "gloo", "device": "cpu",
+                     "seed": 3, "optimizer": {"learningRate": 0.01}},
+        "reporting": {"progressIntervalSeconds": 0.5, "metricsPort": 0, "logEverySteps": 50},
+    }
+    if checkpoint_every:
+        section["checkpoint"] = {"directory": "/checkpoints/run", "everySteps": checkpoint_every, "keep": 2}
+    return section
+
+
+def job_manifest(name: str, trainer_section: dict, *, backoff_limit: int = 1, claim: str | None = None) -> dict:
+    spec: dict = {
+        "image": "ghcr.io/rectrain/rectrain-trainer:test",
+        "replicas": 2,
+        "resources": {"cpu": "500m", "memory": "1Gi"},
+        "trainer": trainer_section,
+        "runPolicy": {"backoffLimit": backoff_limit, "restartBackoff": {"initialSeconds": 0, "maxSeconds": 1}},
+    }
+    if claim:
+        spec["pod"] = {
+            "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim}}],
+            "volumeMounts": [{"name": "checkpoints", "mountPath": "/checkpoints"}],
+        }
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
+
+
+def kubectl_apply(kubeconfig: str, namespace: str, *objects: dict) -> None:
+    subprocess.run(
+        ["kubectl", "apply", "-n", namespace, "-f", "-"],
+        input=yaml.safe_dump_all(objects), text=True, check=True, capture_output=True,
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+    )
+
+
+class ProgressRecorder(threading.Thread):
+    """Samples status.progress.step (and the attempt) throughout the job's life."""
+
+    def __init__(self, harness, name: str) -> None:
+        super().__init__(daemon=True)
+        self.harness, self.name = harness, name
+        self.samples: list[tuple[int, int]] = []  # (attempt, step)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                status = self.harness.status(self.name)
+            except Exception:  # noqa: BLE001 - a blip while polling is not the test's subject
+                status = {}
+            step = (status.get("progress") or {}).get("step")
+            if step is not None and (not self.samples or self.samples[-1] != (status.get("attempt", 0), step)):
+                self.samples.append((status.get("attempt", 0), step))
+            if status.get("phase") in ("Succeeded", "Failed"):
+                return
+            time.sleep(0.2)
+
+
+def test_job_trains_to_succeeded_with_progress(e2e, live_operator, kubeconfig, namespace):
+    kubectl_apply(kubeconfig, namespace, job_manifest("train", trainer(rows=120_000, batch=512)))
+    recorder = ProgressRecorder(e2e, "train")
+    recorder.start()
+    status = e2e.wait_phase("train", "Succeeded", timeout=300)
+    recorder.done.set()
+    recorder.join(5)
+
+    steps = [step for _, step in recorder.samples]
+    assert len(set(steps)) >= 2, f"progress was not seen moving: {recorder.samples}"
+    assert steps == sorted(steps), f"progress went backwards without a restart: {recorder.samples}"
+    progress, metrics = status["progress"], status["metrics"]
+    assert progress["step"] == progress["totalSteps"] and progress["percent"] == pytest.approx(100)
+    assert 0.6 < metrics["auc"] <= 1.0, metrics
+    assert (status.get("failures") or 0) == 0 and (status.get("preemptions") or 0) == 0
+
+
+def test_spot_reclaim_resumes_from_checkpoint(e2e, live_operator, kubeconfig, namespace, local_cluster):
+    if local_cluster is None:
+        pytest.skip("reclaims go through rectrain-local")
+    every = 20
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt"},
+             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+    kubectl_apply(kubeconfig, namespace, claim, job_manifest("spot", trainer(rows=300_000, batch=512, checkpoint_every=every), claim="ckpt"))
+    recorder = ProgressRecorder(e2e, "spot")
+    recorder.start()
+    wait_for(lambda: (e2e.status("spot").get("progress") or {}).get("step", 0) >= 3 * every, timeout=240,
+             what="training to pass a few checkpoints")
+    before = e2e.status("spot")
+    victim = e2e.pods("spot", before.get("attempt", 0))[1].metadata.name
+    result = subprocess.run(
+        [sys.executable, "-m", "rectrain_local.cli", "--state-dir", str(local_cluster.state_dir),
+         "reclaim", "-n", namespace, "--grace-period", "20", victim],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    status = e2e.wait_phase("spot", "Succeeded", timeout=420)
+    recorder.done.set()
+    recorder.join(5)
+
+    assert status.get("preemptions") == 1, json.dumps(status, indent=1)
+    assert (status.get("failures") or 0) == 0, "a preemption must not consume backoffLimit"
+    first_attempt = status.get("attempt", 0) - 1
+    last_before = max(step for attempt, step in recorder.samples if attempt == first_attempt)
+    after = [step for attempt, step in recorder.samples if attempt > first_attempt]
+    assert after, f"no progress seen after the restart: {recorder.samples}"
+    assert min(after) >= last_before - every, f"resumed too far back: {last_before} -> {min(after)}; {recorder.samples}"
+    assert status["progress"]["step"] == status["progress"]["totalSteps"]
+    assert status["metrics"]["auc"] > 0.6
+
+
+def test_application_failure_fails_after_backoff_limit(e2e, live_operator, kubeconfig, namespace):
+    bad_data = {"source": "criteo-tsv", "paths": ["/nonexistent/criteo/day_*.tsv"]}
+    kubectl_apply(kubeconfig, namespace, job_manifest("broken", trainer(rows=1000, batch=64, data=bad_data), backoff_limit=1))
+    status = e2e.wait_phase("broken", "Failed", timeout=240)
+    assert status.get("failures") == 2, "backoffLimit 1 allows one retry: two failures in all"
+    assert (status.get("preemptions") or 0) == 0
+    failed = e2e.condition("broken", "Failed")
+    assert failed and failed["status"] == "True"
+    text = json.dumps(status) + json.dumps(e2e.events("broken"))
+    assert "/nonexistent/criteo" in text, f"the trainer's message is not visible: {text[:2000]}"
