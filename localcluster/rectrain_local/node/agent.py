@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import ipaddress
 import json
 import logging
@@ -50,6 +51,7 @@ STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 TOKEN_SECONDS = 3600
 STORAGE_CLASS = "rectrain-local"
+RUNTIME_ROOT = Path("/var/lib/rectrain-local")
 PROVISIONER = "rectrain.io/local-node"
 # Pods reach the API server by the names its serving certificate holds, resolved to the node's bridge
 # address (where the forwarder listens).
@@ -93,7 +95,10 @@ class NodeAgent:
         self.gpus = gpus
         self.api_port = api_port
         self.node_dir = state_dir / "cluster" / "node"
-        self.pods_dir = self.node_dir / "pods"
+        self.pods_dir = self.node_dir / "pods"  # logs, kept after pods are gone
+        # What pods reach by path (home, launch spec) lives where any uid can traverse to it, as
+        # under /var/lib/kubelet; the state directory may sit below a private home directory.
+        self.runtime_dir = RUNTIME_ROOT / hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:12]
         self.persistent_dir = self.node_dir / "persistent-volumes"
         self.records_file = self.node_dir / "processes.json"
         self.network = network.PodNetwork.for_state_dir(state_dir)
@@ -346,6 +351,7 @@ class NodeAgent:
             if worker:
                 worker.request_stop(int(pod["metadata"].get("deletionGracePeriodSeconds") or 30))
             else:
+                shutil.rmtree(self.runtime_dir / "pods" / uid, ignore_errors=True)
                 self._finish_deletion(pod["metadata"]["namespace"], pod["metadata"]["name"], uid)
             return
         if worker or pod.get("status", {}).get("phase") in ("Succeeded", "Failed", "Running"):
@@ -409,6 +415,7 @@ class NodeAgent:
         for worker in workers:
             worker.join(15)
         self.network.remove_bridge()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 class PodWorker(threading.Thread):
@@ -420,8 +427,8 @@ class PodWorker(threading.Thread):
         self.agent = agent
         self.pod = pod
         self.uid = meta["uid"]
-        self.pod_dir = agent.pods_dir / f"{meta['namespace']}_{meta['name']}_{self.uid}"
-        self.log_path = self.pod_dir / "container.log"
+        self.pod_dir = agent.runtime_dir / "pods" / self.uid
+        self.log_path = agent.pods_dir / f"{meta['namespace']}_{meta['name']}_{self.uid}" / "container.log"
         self.process: subprocess.Popen | None = None
         self.record: ProcessRecord | None = None
         self.stop_requested = threading.Event()
@@ -457,13 +464,16 @@ class PodWorker(threading.Thread):
             agent.save_records()
             agent.refresh_hosts()
             if self.stop_requested.is_set() and not self.shutdown:
-                shutil.rmtree(self.pod_dir / "volumes", ignore_errors=True)
+                shutil.rmtree(self.pod_dir, ignore_errors=True)
                 agent._finish_deletion(meta["namespace"], meta["name"], self.uid)
 
     def _run(self, record: PodRecord) -> None:
         agent, pod = self.agent, self.pod
         self.pod_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (RUNTIME_ROOT, agent.runtime_dir, agent.runtime_dir / "pods", self.pod_dir):
+            directory.chmod(0o711)
         (self.pod_dir / "home").mkdir(exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         record.ip = agent.ips.take()
         ctx = NodeContext(
             node_name=agent.node_name, host_ip=agent.network.gateway, api_host=API_SERVICE_NAMES[2], api_port=agent.api_port,
@@ -560,11 +570,22 @@ _RUN_AS_CACHE: dict[tuple[int, int | None], bool] = {}
 
 
 def _can_run_as(user: int, group: int | None) -> bool:
+    """Whether a process that drops to this uid the way the launcher does can still run this node's
+    Python (it may live below a private home directory)."""
     key = (user, group)
     if key not in _RUN_AS_CACHE:
-        command = ["setpriv", f"--reuid={user}", f"--regid={group if group is not None else user}", "--clear-groups",
-                   sys.executable, "-c", "import rectrain_local"]
-        _RUN_AS_CACHE[key] = subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+        def drop() -> None:
+            os.setgroups([])
+            os.setgid(group if group is not None else user)
+            os.setuid(user)
+
+        try:
+            probe = subprocess.run([sys.executable, "-c", "import rectrain_local"], preexec_fn=drop, cwd="/",
+                                   capture_output=True, check=False)
+            _RUN_AS_CACHE[key] = probe.returncode == 0
+        except OSError:
+            _RUN_AS_CACHE[key] = False
     return _RUN_AS_CACHE[key]
 
 

@@ -112,8 +112,10 @@ def pod_dns_names(pod: dict) -> list[str]:
     namespace = pod["metadata"]["namespace"]
     if not subdomain:
         return [hostname]
+    # As a kubelet writes /etc/hosts: the FQDN and the bare hostname (which gloo resolves to pick its
+    # interface), plus the short forms the cluster's DNS search path would resolve.
     fqdn = f"{hostname}.{subdomain}.{namespace}.svc.{CLUSTER_DOMAIN}"
-    return [fqdn, f"{hostname}.{subdomain}.{namespace}.svc", f"{hostname}.{subdomain}.{namespace}", f"{hostname}.{subdomain}"]
+    return [fqdn, f"{hostname}.{subdomain}.{namespace}.svc", f"{hostname}.{subdomain}.{namespace}", f"{hostname}.{subdomain}", hostname]
 
 
 def _field_ref(pod: dict, path: str, pod_ip: str, host_ip: str, node_name: str) -> str:

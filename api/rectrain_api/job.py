@@ -1,0 +1,292 @@
+"""The RecTrainJob custom resource: spec (written by users) and status (written by the operator,
+except `status.progress` / `status.metrics`, which the trainer's rank 0 owns).
+
+These models are the single source of the CRD schema (see `rectrain_api.crd`). They import
+pydantic only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rectrain_api.progress import Progress, TrainingMetrics
+from rectrain_api.trainer_config import TrainerConfig
+
+GROUP = "rectrain.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "RecTrainJob"
+PLURAL = "rectrainjobs"
+SINGULAR = "rectrainjob"
+SHORT_NAMES = ["rtj"]
+
+# Labels and annotations the operator puts on children.
+LABEL_JOB_NAME = "rectrain.io/job-name"
+LABEL_RANK = "rectrain.io/rank"
+LABEL_ATTEMPT = "rectrain.io/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "rectrain-operator"
+
+PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+
+AnyObject = dict[str, Any]
+
+
+class _Model(BaseModel):
+    """Unknown fields are errors (the API server prunes them; pydantic names them)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------- spec
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, description="Taint key the toleration applies to; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (the default).")
+    value: str | None = Field(None, description="Taint value to match when operator is Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    tolerationSeconds: int | None = Field(None, description="How long a NoExecute taint is tolerated; empty means forever.")
+
+
+class Resources(_Model):
+    """Compute resources of each rank pod (its single `trainer` container)."""
+
+    cpu: str | None = Field(None, description="CPU request per pod, e.g. '4' or '500m'. Also sets OMP_NUM_THREADS = cpu / procs.")
+    memory: str | None = Field(None, description="Memory request per pod, e.g. '16Gi'.")
+    cpuLimit: str | None = Field(None, description="CPU limit per pod; empty means none.")
+    memoryLimit: str | None = Field(None, description="Memory limit per pod; empty means equal to the memory request.")
+    shmSize: str | None = Field(
+        None, description="Size limit of the memory-backed /dev/shm volume (NCCL and data-loader workers need it); empty means unlimited."
+    )
+
+
+class SpotPolicy(_Model):
+    """Run on spot/preemptible capacity: node affinity and tolerations from a provider preset.
+    Reclaims of spot nodes count as preemptions, never against runPolicy.backoffLimit."""
+
+    enabled: bool = Field(False, description="Place rank pods on spot nodes and treat signal exits (128+) as preemptions.")
+    mode: Literal["required", "preferred"] = Field(
+        "preferred", description="required: only spot nodes; preferred: spot nodes when available, otherwise any node."
+    )
+    provider: Literal["gke", "eks", "aks", "generic"] = Field(
+        "generic",
+        description=(
+            "Preset for spot node labels and taints. gke: cloud.google.com/gke-spot=true (+toleration); "
+            "eks: eks.amazonaws.com/capacityType=SPOT or karpenter.sh/capacity-type=spot; "
+            "aks: kubernetes.azure.com/scalesetpriority=spot (+toleration); generic: nodeLabels below."
+        ),
+    )
+    nodeLabels: dict[str, str] = Field(
+        default_factory=dict, description="Labels that identify spot nodes (provider generic; added to other presets)."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Extra tolerations for spot node taints.")
+
+
+class Scheduling(_Model):
+    """Where and how rank pods are scheduled."""
+
+    schedulerName: str | None = Field(None, description="Scheduler for rank pods (e.g. a gang scheduler); empty means the default scheduler.")
+    priorityClassName: str | None = Field(None, description="PriorityClass of rank pods.")
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="Node labels every rank pod requires.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Extra tolerations of rank pods.")
+    queueName: str | None = Field(
+        None,
+        description="Kueue LocalQueue; when set, rank pods form a Kueue pod group (labels kueue.x-k8s.io/queue-name, pod-group-name, annotation pod-group-total-count).",
+    )
+
+
+class RestartBackoff(_Model):
+    """Delay before a gang restart: min(maxSeconds, initialSeconds * 2^(restarts so far))."""
+
+    initialSeconds: float = Field(10.0, ge=0, description="Delay before the first restart, in seconds.")
+    maxSeconds: float = Field(300.0, ge=0, description="Upper bound of the restart delay, in seconds.")
+
+
+class RunPolicy(_Model):
+    """Restarts, limits, clean-up and suspension."""
+
+    backoffLimit: int = Field(
+        3, ge=0, description="Application failures (rank exit codes 1-127, or signals off spot) tolerated before the job fails; each one restarts the whole gang."
+    )
+    maxPreemptions: int | None = Field(
+        None, ge=0, description="Preemptions/disruptions tolerated before the job fails; empty means unlimited. Preemptions never consume backoffLimit."
+    )
+    restartBackoff: RestartBackoff = Field(default_factory=RestartBackoff, description="Delay before each gang restart.")
+    ttlSecondsAfterFinished: int | None = Field(
+        None, ge=0, description="Delete the pods, Service and RBAC this long after the job finished; the RecTrainJob itself is kept (GitOps-safe)."
+    )
+    activeDeadlineSeconds: int | None = Field(
+        None, ge=1, description="Fail the job (reason DeadlineExceeded) when it has been active this long; resuming from suspension resets the clock."
+    )
+    suspend: bool = Field(False, description="true deletes the rank pods and sets phase Suspended; false again recreates them. Not a failure.")
+
+
+class NcclConfig(_Model):
+    """NCCL settings passed as environment variables to every rank."""
+
+    socketIfname: str | None = Field(None, description="NCCL_SOCKET_IFNAME: network interface(s) for NCCL sockets, e.g. 'eth0'.")
+    ibDisable: bool | None = Field(None, description="NCCL_IB_DISABLE: true disables InfiniBand/RoCE; empty leaves NCCL's default.")
+    debug: Literal["VERSION", "WARN", "INFO", "TRACE"] | None = Field(None, description="NCCL_DEBUG level.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables (e.g. other NCCL_* knobs) for every rank.")
+
+
+class EnvVar(_Model):
+    """An environment variable (core/v1 EnvVar)."""
+
+    name: str = Field(..., min_length=1, description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    valueFrom: AnyObject | None = Field(None, description="Source of the value (core/v1 EnvVarSource).")
+
+
+class VolumeMount(_Model):
+    """A volume mount of the trainer container (core/v1 VolumeMount)."""
+
+    name: str = Field(..., min_length=1, description="Name of a volume in pod.volumes.")
+    mountPath: str = Field(..., min_length=1, description="Path in the container.")
+    readOnly: bool | None = Field(None, description="Mount read-only.")
+    subPath: str | None = Field(None, description="Sub-path of the volume to mount.")
+
+
+class LocalObjectReference(_Model):
+    """A reference to an object in the job's namespace."""
+
+    name: str = Field(..., min_length=1, description="Object name.")
+
+
+class PodOverrides(_Model):
+    """Additions to every rank pod."""
+
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the trainer container (they win over the operator's).")
+    volumes: list[AnyObject] = Field(
+        default_factory=list, description="Extra pod volumes (core/v1 Volume objects)."
+    )
+    volumeMounts: list[VolumeMount] = Field(default_factory=list, description="Extra volume mounts of the trainer container.")
+    serviceAccountName: str | None = Field(
+        None, description="Run rank pods under this ServiceAccount instead of the per-job '<job>-trainer' one (it then needs get/patch on rectrainjobs/status itself)."
+    )
+    imagePullSecrets: list[LocalObjectReference] = Field(default_factory=list, description="Secrets for pulling the image.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    securityContext: AnyObject | None = Field(
+        None,
+        description="Pod securityContext replacing the restricted default (runAsNonRoot, runAsUser 1000, seccomp RuntimeDefault).",
+    )
+
+
+class RecTrainJobSpec(_Model):
+    """Desired state of a distributed recommendation-model training job."""
+
+    image: str = Field(..., min_length=1, description="Container image with the rectrain trainer (entrypoint rectrain-train).")
+    imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy of rank pods.")
+    replicas: int = Field(1, ge=1, le=1024, description="Rank pods (nodes in torchrun terms); all of them form one gang.")
+    gpusPerReplica: int = Field(
+        0, ge=0, le=16, description="nvidia.com/gpu per pod; also the trainer processes per pod. 0 means a CPU job."
+    )
+    procsPerReplica: int | None = Field(
+        None, ge=1, le=256, description="Trainer processes per pod for CPU jobs (default 1); with GPUs it must be empty or equal gpusPerReplica."
+    )
+    masterPort: int = Field(29500, ge=1, le=65535, description="Rendezvous port on rank 0 (MASTER_PORT).")
+    resources: Resources = Field(default_factory=Resources, description="CPU/memory of each rank pod.")
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig,
+        description="Trainer configuration, passed unchanged to every rank as JSON in RECTRAIN_TRAINER_CONFIG.",
+    )
+    spot: SpotPolicy = Field(default_factory=SpotPolicy, description="Spot/preemptible capacity.")
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduler, priority, node selection and Kueue queue.")
+    runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, limits, TTL, deadline and suspension.")
+    nccl: NcclConfig = Field(default_factory=NcclConfig, description="NCCL environment for every rank.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Additions to every rank pod.")
+
+    @property
+    def procs(self) -> int:
+        """Trainer processes per pod."""
+        if self.gpusPerReplica > 0:
+            return self.gpusPerReplica
+        return self.procsPerReplica or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.replicas * self.procs
+
+
+# ------------------------------------------------------------------------------------- status
+
+
+class Condition(_Model):
+    """A condition of the job (Created, Running, Restarting, Succeeded, Failed, Suspended)."""
+
+    type: str = Field(..., description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str | None = Field(None, description="Machine-readable reason in CamelCase.")
+    message: str | None = Field(None, description="Human-readable explanation.")
+    lastTransitionTime: str | None = Field(None, description="RFC 3339 time the status last changed.")
+
+
+class ReplicaCounts(_Model):
+    """Rank pods of the current attempt by state."""
+
+    active: int = Field(0, ge=0, description="Pods pending or running.")
+    running: int = Field(0, ge=0, description="Pods running.")
+    succeeded: int = Field(0, ge=0, description="Pods that exited 0.")
+    failed: int = Field(0, ge=0, description="Pods that failed.")
+
+
+class LastFailure(_Model):
+    """The most recent rank failure and how it was classified."""
+
+    cause: Literal["preemption", "failure"] = Field(..., description="preemption (not counted against backoffLimit) or failure (application).")
+    rank: int | None = Field(None, description="Rank whose pod failed first.")
+    reason: str | None = Field(None, description="Pod/container reason, e.g. Evicted, PodDeleted, Error, OOMKilled.")
+    exitCode: int | None = Field(None, description="Trainer container exit code, when it exited.")
+    message: str | None = Field(None, description="Human-readable detail.")
+    time: str | None = Field(None, description="RFC 3339 time it was observed.")
+
+
+class RecTrainJobStatus(_Model):
+    """Observed state. The operator writes everything except progress and metrics (the trainer's)."""
+
+    phase: Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"] | None = Field(
+        None, description="Pending, Running (all ranks running), Restarting (gang restart after backoff), Succeeded, Failed or Suspended."
+    )
+    replicas: int | None = Field(None, ge=0, description="Rank pods the job wants.")
+    readyReplicas: int | None = Field(None, ge=0, description="Rank pods of the current attempt that are running.")
+    ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl get.")
+    replicaCounts: ReplicaCounts | None = Field(None, description="Rank pods of the current attempt by state.")
+    attempt: int | None = Field(None, ge=0, description="Gang attempt; rank pods are named <job>-<rank>-a<attempt>. Increases on every restart and resume.")
+    restarts: int | None = Field(None, ge=0, description="Gang restarts so far (failures + preemptions that were retried).")
+    failures: int | None = Field(None, ge=0, description="Application failures so far (compared with runPolicy.backoffLimit).")
+    preemptions: int | None = Field(None, ge=0, description="Preemptions/disruptions so far (compared with runPolicy.maxPreemptions).")
+    lastFailure: LastFailure | None = Field(None, description="The most recent rank failure and its classification.")
+    restartAfter: str | None = Field(None, description="RFC 3339 time the pending gang restart happens (phase Restarting).")
+    startTime: str | None = Field(None, description="RFC 3339 time the job became active (reset on resume); activeDeadlineSeconds counts from it.")
+    firstRunningTime: str | None = Field(None, description="RFC 3339 time all ranks first ran.")
+    completionTime: str | None = Field(None, description="RFC 3339 time the job finished (Succeeded or Failed).")
+    childrenDeletedTime: str | None = Field(None, description="RFC 3339 time ttlSecondsAfterFinished deleted the pods, Service and RBAC.")
+    observedGeneration: int | None = Field(None, description="metadata.generation the operator last acted on.")
+    conditions: list[Condition] = Field(default_factory=list, description="Created, Running, Restarting, Succeeded, Failed, Suspended.")
+    progress: Progress | None = Field(None, description="Training progress, written by the trainer's rank 0 (never by the operator).")
+    metrics: TrainingMetrics | None = Field(None, description="Evaluation metrics, written by the trainer's rank 0 (never by the operator).")
+
+
+# Fields of the status the operator owns (it never writes the others).
+TRAINER_STATUS_FIELDS = ("progress", "metrics")
+OPERATOR_STATUS_FIELDS = tuple(f for f in RecTrainJobStatus.model_fields if f not in TRAINER_STATUS_FIELDS)
+
+
+class RecTrainJob(_Model):
+    """A distributed recommendation-model (DLRM) training job: one pod per rank, gang-restarted
+    on failure, surviving spot preemptions."""
+
+    apiVersion: str = Field(API_VERSION, description="rectrain.io/v1alpha1")
+    kind: str = Field(KIND, description="RecTrainJob")
+    metadata: AnyObject = Field(default_factory=dict, description="Standard object metadata.")
+    spec: RecTrainJobSpec = Field(..., description="Desired state.")
+    status: RecTrainJobStatus | None = Field(None, description="Observed state.")

@@ -1,0 +1,60 @@
+"""Thin kopf handlers: every watch event only queues a reconcile of the job it concerns."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import kopf
+
+from rectrain_api import job as api
+
+from rectrain_operator.reconciler import Reconciler
+
+log = logging.getLogger("rectrain.handlers")
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float) -> None:
+    stop = threading.Event()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # we post our own, meaningful Events
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        reconciler.start()
+
+        def resync_loop() -> None:
+            while not stop.is_set():
+                try:
+                    reconciler.resync()
+                except Exception as exc:  # the API may be briefly unavailable
+                    log.warning("resync failed: %s", exc)
+                stop.wait(resync_seconds)
+
+        threading.Thread(target=resync_loop, name="rectrain-resync", daemon=True).start()
+        log.info("rectrain operator started (namespaces: %s)", ", ".join(reconciler.namespaces or ["all"]))
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # KUBECONFIG (or ~/.kube/config), else the in-cluster service account.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        stop.set()
+        reconciler.stop()
+
+    @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+    async def job_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
+        if type != "DELETED":
+            reconciler.enqueue(namespace, name)
+
+    @kopf.on.event("", "v1", "pods", labels={api.LABEL_JOB_NAME: kopf.PRESENT, api.LABEL_RANK: kopf.PRESENT}, registry=registry)
+    async def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+        reconciler.enqueue(namespace, labels[api.LABEL_JOB_NAME])
+
+    @kopf.on.probe(id="workers", registry=registry)
+    def workers_alive(**_: Any) -> bool:
+        return all(t.is_alive() for t in reconciler._threads)

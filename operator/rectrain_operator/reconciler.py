@@ -1,0 +1,246 @@
+"""Reconcile one RecTrainJob: read it and its pods from the cluster, let the lifecycle decide,
+let the builders render, let the cluster layer act. Keys are processed by a small work queue so
+one job is never reconciled by two threads at once; state lives in the cluster, the queue only
+remembers *when* to look again (a restarted operator relists everything)."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+
+from rectrain_operator import builders, lifecycle
+from rectrain_operator.cluster import ChildError, Cluster
+from rectrain_operator.metrics import Metrics
+
+log = logging.getLogger("rectrain.reconciler")
+
+Key = tuple[str, str]  # (namespace, name)
+CHILD_RETRY_SECONDS = 0.25  # transient child errors (e.g. ServiceAccount token not minted yet)
+CHILD_ERROR_RETRY_SECONDS = 5.0  # other child errors (quota, permissions): retried, with an Event each time
+
+
+class WorkQueue:
+    """Deduplicating delayed queue; a key is handed to at most one worker at a time."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[Key, float] = {}
+        self._heap: list[tuple[float, Key]] = []
+        self._busy: set[Key] = set()
+        self._closed = False
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        due = time.monotonic() + max(0.0, delay)
+        with self._cond:
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, key))
+            self._cond.notify()
+
+    def get(self) -> Key | None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                skipped = []
+                found = None
+                while self._heap:
+                    due, key = self._heap[0]
+                    if self._due.get(key) != due:
+                        heapq.heappop(self._heap)  # superseded entry
+                        continue
+                    if due > now:
+                        break
+                    heapq.heappop(self._heap)
+                    if key in self._busy:
+                        skipped.append((due, key))
+                        continue
+                    del self._due[key]
+                    self._busy.add(key)
+                    found = key
+                    break
+                for item in skipped:
+                    heapq.heappush(self._heap, item)
+                if found is not None:
+                    return found
+                timeout = (self._heap[0][0] - now) if self._heap and not skipped else (0.05 if skipped else None)
+                self._cond.wait(timeout)
+            return None
+
+    def done(self, key: Key) -> None:
+        with self._cond:
+            self._busy.discard(key)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _parse_k8s_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+class Reconciler:
+    def __init__(self, cluster: Cluster, metrics: Metrics, namespaces: list[str] | None = None, workers: int = 2):
+        self.cluster = cluster
+        self.metrics = metrics
+        self.namespaces = namespaces or None
+        self.queue = WorkQueue()
+        self.workers = workers
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------------------ loop
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"rectrain-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self.queue.close()
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self.queue.add((namespace, name), delay)
+
+    def resync(self) -> None:
+        """List every job in scope: requeue it and refresh the by-phase gauge."""
+        jobs = self.cluster.list_jobs(self.namespaces)
+        self.metrics.set_phases(jobs)
+        for j in jobs:
+            self.enqueue(j["metadata"]["namespace"], j["metadata"]["name"])
+
+    def _work(self) -> None:
+        while True:
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                again = self.reconcile(*key)
+            except Exception:
+                log.exception("reconcile %s/%s failed; retrying", *key)
+                again = 2.0
+            finally:
+                self.queue.done(key)
+            if again is not None:
+                self.queue.add(key, again)
+
+    # ------------------------------------------------------------------------- reconcile
+
+    def reconcile(self, namespace: str, name: str, now: datetime | None = None) -> float | None:
+        """One pass for one job; returns seconds until the next look (None: wait for an event)."""
+        started = time.perf_counter()
+        try:
+            return self._reconcile(namespace, name, now)
+        finally:
+            self.metrics.reconcile.observe(time.perf_counter() - started)
+
+    def _reconcile(self, namespace: str, name: str, now: datetime | None, rejected: str | None = None) -> float | None:
+        job = self.cluster.get_job(namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return None  # ownerReferences garbage-collect the children
+        meta = job["metadata"]
+        pods = [v for v in (lifecycle.pod_view(p) for p in self.cluster.list_pods(namespace, name)) if v is not None]
+        obs = lifecycle.Observation(
+            name=name,
+            namespace=namespace,
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 0),
+            spec=job.get("spec") or {},
+            status=job.get("status") or {},
+            pods=pods,
+            now=now or datetime.now(timezone.utc),
+            created=_parse_k8s_time(meta.get("creationTimestamp")),
+            rejected=rejected,
+        )
+        decision = lifecycle.decide(obs)
+        # Status first: if we die after it, the next pass repeats the (idempotent) actions instead
+        # of mistaking our own deletions for preemptions.
+        if decision.status:
+            self.cluster.patch_status(namespace, name, decision.status)
+            log.info("job %s/%s: %s", namespace, name, _summary(decision.status))
+        requeue = decision.requeue_after
+        ref = builders.JobRef(name, namespace, meta["uid"])
+        for action in decision.actions:
+            try:
+                self._act(job, ref, decision, action)
+            except ChildError as exc:
+                log.warning("job %s/%s: %s", namespace, name, exc)
+                if exc.invalid and rejected is None:
+                    # The API server will never accept this child: fail the job (InvalidSpec), once.
+                    self._count(namespace, decision)
+                    return self._reconcile(namespace, name, now, rejected=f"{exc.kind} {exc.name} is invalid: {exc.detail}")
+                retry = CHILD_RETRY_SECONDS if exc.transient else CHILD_ERROR_RETRY_SECONDS
+                if not exc.transient:
+                    self.cluster.post_event(job, "Warning", "ChildError", str(exc))
+                requeue = retry if requeue is None else min(requeue, retry)
+        self._count(namespace, decision)
+        return requeue
+
+    def _act(self, job: dict[str, Any], ref: builders.JobRef, decision: lifecycle.Decision, action: Any) -> None:
+        spec = decision.spec
+        if isinstance(action, lifecycle.Event):
+            self.cluster.post_event(job, action.type, action.reason, action.message)
+        elif isinstance(action, lifecycle.EnsureChildren):
+            assert spec is not None
+            for obj in [builders.build_service(spec, ref), *builders.build_rbac(ref)]:
+                self.cluster.create(obj)
+        elif isinstance(action, lifecycle.CreatePods):
+            assert spec is not None
+            errors: list[ChildError] = []
+            for pod in builders.build_pods(spec, ref, action.attempt, list(action.ranks)):
+                try:
+                    self.cluster.create(pod)
+                except ChildError as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        elif isinstance(action, lifecycle.DeletePods):
+            failed_pods: list[ChildError] = []
+            for pod_name in action.names:
+                try:
+                    self.cluster.delete("Pod", ref.namespace, pod_name, grace=0 if action.force else None)
+                except ChildError as exc:
+                    failed_pods.append(exc)
+            if failed_pods:
+                raise failed_pods[0]
+        elif isinstance(action, lifecycle.DeleteChildren):
+            account = builders.trainer_account_name(ref)
+            targets = [("Pod", p["metadata"]["name"]) for p in self.cluster.list_pods(ref.namespace, ref.name)]
+            targets += [("Service", builders.service_name(ref)), ("RoleBinding", account), ("Role", account),
+                        ("ServiceAccount", account)]
+            failed: list[ChildError] = []
+            for kind, name in targets:  # try them all, report the first failure
+                try:
+                    self.cluster.delete(kind, ref.namespace, name)
+                except ChildError as exc:
+                    failed.append(exc)
+            if failed:
+                raise failed[0]
+        else:
+            raise TypeError(action)
+
+    def _count(self, namespace: str, d: lifecycle.Decision) -> None:
+        m = self.metrics
+        if d.created:
+            m.created.labels(namespace=namespace).inc()
+        if d.finished:
+            m.finished.labels(namespace=namespace, result=d.finished).inc()
+        if d.restart_cause:
+            m.restarts.labels(namespace=namespace, cause=d.restart_cause).inc()
+        if d.time_to_running is not None:
+            m.time_to_running.observe(d.time_to_running)
+
+
+def _summary(status: dict[str, Any]) -> str:
+    keys = ("phase", "attempt", "ready", "restarts", "failures", "preemptions")
+    return " ".join(f"{k}={status[k]}" for k in keys if k in status) or "status updated"

@@ -1,0 +1,274 @@
+"""The lifecycle state machine, table-tested with plain values (no cluster)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from rectrain_operator import lifecycle as lc
+from rectrain_operator.lifecycle import CreatePods, DeleteChildren, DeletePods, EnsureChildren, Event, PodView
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def obs(status=None, pods=(), now=T0, **spec):
+    return lc.Observation(name="j", namespace="ns", uid="u", generation=1,
+                          spec={"image": "img", "replicas": 2, **spec}, status=status or {},
+                          pods=list(pods), now=now, created=T0)
+
+
+def pod(rank, phase="Running", attempt=0, **kw):
+    return PodView(name=f"j-{rank}-a{attempt}", rank=rank, attempt=attempt, phase=phase, **kw)
+
+
+def step(o):
+    """Apply a decision's status patch like the API server would (merge patch)."""
+    d = lc.decide(o)
+    status = dict(o.status)
+    for k, v in (d.status or {}).items():
+        if v is None:
+            status.pop(k, None)
+        else:
+            status[k] = v
+    return d, status
+
+
+def cond(status, type_):
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def kinds(d):
+    return [type(a).__name__ for a in d.actions]
+
+
+def test_new_job_creates_children_and_pods():
+    d, st = step(obs())
+    assert st["phase"] == "Pending" and st["attempt"] == 0 and st["ready"] == "0/2"
+    assert d.actions[:2] == [EnsureChildren(), CreatePods(0, (0, 1))]
+    assert cond(st, "Created")["status"] == "True" and d.created
+
+
+def test_pending_recreates_missing_and_running_when_all_run():
+    _, st = step(obs())
+    d, st2 = step(obs(st, [pod(0)]))
+    assert st2["phase"] == "Pending" and CreatePods(0, (1,)) in d.actions
+    d, st3 = step(obs(st2, [pod(0), pod(1)], now=T0 + timedelta(seconds=3)))
+    assert st3["phase"] == "Running" and st3["ready"] == "2/2"
+    assert cond(st3, "Running")["reason"] == "AllRanksRunning"
+    assert d.time_to_running == 3.0 and st3["firstRunningTime"]
+    d, _ = step(obs(st3, [pod(0), pod(1)]))
+    assert d.status is None and d.actions == []  # steady state writes nothing
+
+
+def running(**spec):
+    _, st = step(obs(**spec))
+    _, st = step(obs(st, [pod(0), pod(1)], **spec))
+    assert st["phase"] == "Running"
+    return st
+
+
+@pytest.mark.parametrize(
+    "bad,cause,reason",
+    [
+        (dict(phase="Failed", exit_code=1, container_reason="Error"), "failure", "Error"),
+        (dict(phase="Failed", exit_code=137, container_reason="OOMKilled"), "failure", "OOMKilled"),
+        (dict(phase="Failed", exit_code=143, container_reason="Error"), "failure", "Error"),
+        (dict(phase="Failed", reason="Evicted", message="node low on memory"), "preemption", "Evicted"),
+        (dict(phase="Failed", exit_code=137, disruption="PreemptionByScheduler"), "preemption", "PreemptionByScheduler"),
+        (dict(phase="Failed", reason="Shutdown"), "preemption", "Shutdown"),
+        (dict(phase="Unknown"), "preemption", "NodeLost"),
+        (dict(phase="Running", deleting=True), "preemption", "PodDeleted"),
+        (dict(phase="Failed"), "failure", "PodFailed"),
+    ],
+)
+def test_classification(bad, cause, reason):
+    f = lc.classify(pod(1, **bad), spot=False)
+    assert (f.cause, f.reason) == (cause, reason)
+
+
+def test_signal_exit_on_spot_is_preemption():
+    assert lc.classify(pod(0, phase="Failed", exit_code=143), spot=True).cause == "preemption"
+    assert lc.classify(pod(0, phase="Failed", exit_code=2), spot=True).cause == "failure"
+    assert lc.classify(pod(0, phase="Succeeded", exit_code=0), spot=True) is None
+
+
+def test_app_failure_restarts_gang_after_backoff_then_backoff_limit():
+    spec = dict(runPolicy={"backoffLimit": 1, "restartBackoff": {"initialSeconds": 10, "maxSeconds": 15}})
+    st = running(**spec)
+    d, st = step(obs(st, [pod(0), pod(1, phase="Failed", exit_code=3)], **spec))
+    assert st["phase"] == "Restarting" and st["failures"] == 1 and st["restarts"] == 1 and st["preemptions"] == 0
+    assert st["lastFailure"]["cause"] == "failure" and st["lastFailure"]["exitCode"] == 3
+    assert DeletePods(("j-0-a0", "j-1-a0")) in d.actions and d.restart_cause == "failure"
+    assert cond(st, "Restarting")["reason"] == "ApplicationFailed" and cond(st, "Running")["status"] == "False"
+    assert st["restartAfter"] == lc.fmt_time(T0 + timedelta(seconds=10)) and d.requeue_after == pytest.approx(10.05)
+    # Old pods still there: keep deleting, no new pods.
+    d, st = step(obs(st, [pod(0, deleting=True)], now=T0 + timedelta(seconds=20), **spec))
+    assert "CreatePods" not in kinds(d)
+    # Gone but backoff not over.
+    d, st = step(obs(st, [], now=T0 + timedelta(seconds=5), **spec))
+    assert "CreatePods" not in kinds(d) and st["phase"] == "Restarting"
+    d, st = step(obs(st, [], now=T0 + timedelta(seconds=11), **spec))
+    assert st["phase"] == "Pending" and st["attempt"] == 1 and CreatePods(1, (0, 1)) in d.actions
+    _, st = step(obs(st, [pod(0, attempt=1), pod(1, attempt=1)], **spec))
+    assert st["phase"] == "Running" and cond(st, "Restarting")["status"] == "False"
+    d, st = step(obs(st, [pod(0, attempt=1, phase="Failed", exit_code=1), pod(1, attempt=1)], **spec))
+    assert st["phase"] == "Failed" and st["failures"] == 2
+    assert cond(st, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert DeletePods(("j-1-a1",)) in d.actions and d.finished == "failed"
+
+
+def test_backoff_grows_and_caps():
+    from rectrain_api.job import RunPolicy
+    p = RunPolicy(restartBackoff={"initialSeconds": 2, "maxSeconds": 5})
+    assert [lc.backoff_seconds(p, n) for n in range(4)] == [2, 4, 5, 5]
+
+
+def test_preemptions_do_not_consume_backoff_limit():
+    spec = dict(runPolicy={"backoffLimit": 0, "maxPreemptions": 3, "restartBackoff": {"initialSeconds": 0}})
+    st = running(**spec)
+    for n in range(1, 4):
+        attempt = st["attempt"]
+        victims = [pod(0, attempt=attempt, phase="Failed", reason="Evicted"), pod(1, attempt=attempt, phase="Failed", exit_code=1)]
+        d, st = step(obs(st, victims, **spec))
+        assert st["phase"] == "Restarting" and st["preemptions"] == n and st["failures"] == 0, st
+        assert d.restart_cause == "preemption" and cond(st, "Restarting")["reason"] == "Preempted"
+        _, st = step(obs(st, [], **spec))
+        _, st = step(obs(st, [pod(0, attempt=n), pod(1, attempt=n)], **spec))
+        assert st["phase"] == "Running"
+    # A fourth exceeds maxPreemptions.
+    _, st = step(obs(st, [pod(0, attempt=3), pod(1, attempt=3, phase="Unknown")], **spec))
+    assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "PreemptionLimitExceeded"
+
+
+def test_missing_pod_while_running_is_a_preemption():
+    st = running()
+    d, st = step(obs(st, [pod(0)]))
+    assert st["phase"] == "Restarting" and st["preemptions"] == 1
+    assert st["lastFailure"]["reason"] == "PodDeleted" and st["lastFailure"]["rank"] == 1
+
+
+def test_success():
+    st = running(runPolicy={"ttlSecondsAfterFinished": 60})
+    d, st = step(obs(st, [pod(0, phase="Succeeded"), pod(1)], runPolicy={"ttlSecondsAfterFinished": 60}))
+    assert st["phase"] == "Running"  # one rank done, one still running
+    d, st = step(obs(st, [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")], runPolicy={"ttlSecondsAfterFinished": 60}))
+    assert st["phase"] == "Succeeded" and cond(st, "Succeeded")["status"] == "True" and d.finished == "succeeded"
+    assert st["completionTime"] and d.requeue_after == pytest.approx(60.05)
+
+
+def test_ttl_deletes_children_once():
+    spec = dict(runPolicy={"ttlSecondsAfterFinished": 30})
+    st = running(**spec)
+    done = [pod(0, phase="Succeeded"), pod(1, phase="Succeeded")]
+    _, st = step(obs(st, done, **spec))
+    d, st = step(obs(st, done, now=T0 + timedelta(seconds=10), **spec))
+    assert "DeleteChildren" not in kinds(d) and d.requeue_after == pytest.approx(20.05)
+    d, st = step(obs(st, done, now=T0 + timedelta(seconds=31), **spec))
+    assert DeleteChildren() in d.actions and st["childrenDeletedTime"] and st["phase"] == "Succeeded"
+    d, _ = step(obs(st, [], now=T0 + timedelta(seconds=40), **spec))
+    assert d.actions == [] and d.status is None
+
+
+def test_suspend_and_resume():
+    st = running()
+    d, st = step(obs(st, [pod(0), pod(1)], runPolicy={"suspend": True}))
+    assert st["phase"] == "Suspended" and DeletePods(("j-0-a0", "j-1-a0")) in d.actions
+    assert cond(st, "Suspended")["status"] == "True" and d.restart_cause is None
+    assert st["restarts"] == 0 and st["preemptions"] == 0
+    d, st = step(obs(st, [], runPolicy={"suspend": True}))
+    assert d.status is None and d.actions == []
+    d, st = step(obs(st, [], now=T0 + timedelta(seconds=100)))
+    assert st["phase"] == "Pending" and st["attempt"] == 1 and CreatePods(1, (0, 1)) in d.actions
+    assert cond(st, "Suspended")["status"] == "False" and st["startTime"] == lc.fmt_time(T0 + timedelta(seconds=100))
+
+
+def test_created_suspended():
+    d, st = step(obs(runPolicy={"suspend": True}))
+    assert st["phase"] == "Suspended" and "CreatePods" not in kinds(d)
+    d, st = step(obs(st))
+    assert st["phase"] == "Pending" and CreatePods(1, (0, 1)) in d.actions
+
+
+def test_deadline():
+    spec = dict(runPolicy={"activeDeadlineSeconds": 60})
+    d, st = step(obs(**spec))
+    assert d.requeue_after == pytest.approx(60.05)
+    _, st = step(obs(st, [pod(0), pod(1)], **spec))
+    d, st = step(obs(st, [pod(0), pod(1)], now=T0 + timedelta(seconds=61), **spec))
+    assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "DeadlineExceeded"
+    assert DeletePods(("j-0-a0", "j-1-a0")) in d.actions
+
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        (dict(trainer={"training": {"precision": "fp16"}}), "spec.trainer.training.precision"),
+        (dict(replicas="many"), "replicas"),
+        (dict(spot={"enabled": True}), "spec.spot.nodeLabels"),
+    ],
+)
+def test_invalid_spec_fails_without_children(spec, needle):
+    d, st = step(obs(**spec))
+    assert st["phase"] == "Failed"
+    c = cond(st, "Failed")
+    assert c["reason"] == "InvalidSpec" and needle in c["message"]
+    assert kinds(d) == ["Event"] and d.actions[0].type == "Warning"
+    d, _ = step(obs(st, **spec))
+    assert d.actions == [] and d.status is None  # terminal: no crash loop, no retries
+
+
+def test_trainer_fields_are_never_written():
+    st = running()
+    st = {**st, "progress": {"step": 5}, "metrics": {"auc": 0.8}}
+    d, _ = step(obs(st, [pod(0), pod(1, phase="Failed", exit_code=1)]))
+    assert "progress" not in d.status and "metrics" not in d.status
+
+
+def test_pod_view_from_manifest():
+    manifest = {
+        "metadata": {"name": "j-1-a2", "labels": {"rectrain.io/rank": "1", "rectrain.io/attempt": "2"},
+                     "deletionTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"phase": "Failed", "reason": "Evicted",
+                   "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}],
+                   "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]},
+    }
+    v = lc.pod_view(manifest)
+    assert (v.rank, v.attempt, v.phase, v.deleting, v.exit_code, v.disruption) == (1, 2, "Failed", True, 137, "EvictionByEvictionAPI")
+    assert v.deleted_at == T0
+    assert lc.pod_view({"metadata": {"name": "other"}}) is None
+
+
+def test_permanent_waiting_reason_is_an_app_failure():
+    f = lc.classify(pod(0, phase="Pending", waiting_reason="InvalidImageName"), spot=False)
+    assert (f.cause, f.reason) == ("failure", "InvalidImageName")
+    assert lc.classify(pod(0, phase="Pending", waiting_reason="ImagePullBackOff"), spot=False) is None
+
+
+def test_replicas_change_restarts_gang_without_counting():
+    st = running()
+    d, st = step(obs(st, [pod(0), pod(1)], replicas=3))
+    assert st["phase"] == "Restarting" and cond(st, "Restarting")["reason"] == "SpecChanged"
+    assert (st["restarts"], st["failures"], st["preemptions"]) == (0, 0, 0)
+    assert DeletePods(("j-0-a0", "j-1-a0")) in d.actions
+    d, st = step(obs(st, [], now=T0 + timedelta(seconds=1), replicas=3))
+    assert st["phase"] == "Pending" and st["replicas"] == 3 and CreatePods(1, (0, 1, 2)) in d.actions
+
+
+def test_stuck_terminating_pods_are_force_deleted():
+    st = running()
+    _, st = step(obs(st, [pod(0), pod(1, phase="Failed", exit_code=1)]))
+    stuck = pod(0, deleting=True, deleted_at=T0)
+    d, _ = step(obs(st, [stuck], now=T0 + timedelta(seconds=30)))
+    assert d.actions == [] and d.requeue_after == 1.0
+    d, _ = step(obs(st, [stuck], now=T0 + timedelta(seconds=61)))
+    assert DeletePods(("j-0-a0",), force=True) in d.actions
+
+
+def test_resume_waits_for_old_pods():
+    st = running()
+    _, st = step(obs(st, [pod(0), pod(1)], runPolicy={"suspend": True}))
+    d, st2 = step(obs(st, [pod(0, deleting=True)]))
+    assert st2["phase"] == "Suspended" and "CreatePods" not in kinds(d)
+    d, st3 = step(obs(st2, []))
+    assert st3["phase"] == "Pending" and CreatePods(1, (0, 1)) in d.actions
