@@ -33,7 +33,7 @@ else
 fi
 
 step "Job $JOB (2 ranks, CPU, gloo, bf16, planted synthetic Criteo-shaped data)"
-kubectl delete rtj "$JOB" --ignore-not-found --wait=true >/dev/null
+kubectl delete rtj "$JOB" --ignore-not-found --cascade=foreground --wait=true >/dev/null
 kubectl delete pvc "$JOB-checkpoints" --ignore-not-found --wait=true >/dev/null
 kubectl apply -f examples/local-criteo.yaml
 deadline=$((SECONDS + 60))

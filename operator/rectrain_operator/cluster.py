@@ -134,11 +134,34 @@ class Cluster:
                 raise ValueError(kind)
         except ApiException as exc:
             if exc.status == 409 and "already exists" in str(exc.body):
+                self._replace_if_stale(obj)
                 return False
             raise ChildError("create", kind, meta["name"], exc) from exc
         except ValidationError as exc:
             raise ChildError("create", kind, meta["name"], exc) from exc
         return True
+
+    def _replace_if_stale(self, obj: dict[str, Any]) -> None:
+        """A child of the same name owned by an earlier job of the same name (deleted, its children not
+        yet garbage-collected) must not be adopted: delete it and let the reconcile retry."""
+        kind, meta = obj["kind"], obj["metadata"]
+        readers = {
+            "Pod": self.core.read_namespaced_pod, "Service": self.core.read_namespaced_service,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role, "RoleBinding": self.rbac.read_namespaced_role_binding,
+        }
+        wanted = {ref["uid"] for ref in meta.get("ownerReferences") or []}
+        try:
+            existing = readers[kind](meta["name"], meta["namespace"])
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ChildError("create", kind, meta["name"], exc) from exc  # gone meanwhile: retry
+            raise ChildError("read", kind, meta["name"], exc) from exc
+        owners = {ref.uid for ref in existing.metadata.owner_references or []}
+        if wanted and not owners & wanted:
+            self.delete(kind, meta["namespace"], meta["name"])
+            raise ChildError("create", kind, meta["name"],
+                             ApiException(status=409, reason=f"replacing a stale {kind} left by an earlier job of the same name"))
 
     def delete(self, kind: str, namespace: str, name: str, grace: int | None = None) -> bool:
         """Delete a child; False when it was already gone."""

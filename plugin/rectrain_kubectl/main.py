@@ -70,8 +70,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     api = _api(args.kubeconfig)
     namespace = _namespace(args)
     deadline = time.monotonic() + args.timeout if args.timeout else None
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stdout, disable=args.no_bar)
-    last_phase = None
+    # Not a terminal (CI, a log file): a line per progress update every few seconds instead of a bar.
+    plain = args.no_bar or not sys.stdout.isatty()
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True, file=sys.stdout, disable=plain)
+    last_phase, last_line, last_step = None, 0.0, None
     try:
         while True:
             job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
@@ -90,8 +92,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 f" restarts={status.get('restarts') or 0} preemptions={status.get('preemptions') or 0}"
             )
             bar.refresh()
-            if phase != last_phase and args.no_bar:
+            if plain and (phase != last_phase or (progress.get("step") != last_step and time.monotonic() - last_line > 5)):
                 print(summary_line(job), flush=True)
+                last_line, last_step = time.monotonic(), progress.get("step")
             last_phase = phase
             if phase in FINISHED:
                 bar.close()

@@ -290,7 +290,7 @@ class NodeAgent:
             if (claim.spec.storage_class_name or STORAGE_CLASS) != STORAGE_CLASS:
                 continue
             meta = claim.metadata
-            path = self.persistent_dir / meta.namespace / meta.name
+            path = self.persistent_dir / meta.namespace / f"{meta.name}-{meta.uid[:8]}"
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o777)
             request = ((claim.spec.resources.requests or {}) if claim.spec.resources else {}).get("storage", "1Gi")
