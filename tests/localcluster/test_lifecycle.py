@@ -96,3 +96,42 @@ def test_half_built_cache_is_not_complete(tmp_path):
     assert cache.is_complete()
     (cache.bin_dir / BINARIES[0]).unlink()
     assert not cache.is_complete(), "a marker with a binary missing must not count"
+
+
+@pytest.mark.slow
+def test_down_ends_running_pods_and_their_network(tmp_path):
+    if os.environ.get("RECTRAIN_TEST_KUBECONFIG") or os.geteuid() != 0:
+        pytest.skip("exercises the local node agent (root)")
+    from rectrain_local.node import network
+    from support import wait_for
+
+    cluster = LocalCluster(tmp_path / "state")
+    try:
+        cluster.up(fresh=True)
+        core = _core(cluster)
+        wait_for(lambda: core.read_namespaced_service_account("default", "default").secrets, what="the default token")
+        core.create_namespaced_pod("default", {
+            "metadata": {"name": "long-runner"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "main", "image": "x", "command": [sys.executable, "-c", "import time; time.sleep(600)"]}]},
+        })
+        pod = wait_for(lambda: (lambda p: p if p.status.phase == "Running" else None)(
+            core.read_namespaced_pod("long-runner", "default")), timeout=60, what="the pod to run")
+        netns = network.netns_name(pod.metadata.uid)
+        assert netns in network.list_pod_netns()
+        pids = wait_for(lambda: [int(p.name) for p in Path("/proc").iterdir()
+                                 if p.name.isdigit() and _cmdline(p).endswith("time.sleep(600)")],
+                        what="the pod's process to run its command")
+    finally:
+        records = cluster.load_state().processes
+        cluster.down(quiet=True)
+    assert not any(record.alive() for record in records)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and "time.sleep(600)" in _cmdline(Path(f"/proc/{pid}"))]
+    assert netns not in network.list_pod_netns()
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
