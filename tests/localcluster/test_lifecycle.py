@@ -135,3 +135,41 @@ def _cmdline(proc_dir: Path) -> str:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+@pytest.mark.slow
+def test_restarted_node_agent_ends_what_it_left(tmp_path):
+    """An agent killed hard leaves pod processes behind; the next one ends them and says so in the
+    pod's status, instead of leaving a pod that claims to run with no process behind it."""
+    if os.environ.get("RECTRAIN_TEST_KUBECONFIG") or os.geteuid() != 0:
+        pytest.skip("exercises the local node agent (root)")
+    import signal
+
+    from support import wait_for
+
+    cluster = LocalCluster(tmp_path / "state")
+    try:
+        cluster.up(fresh=True)
+        core = _core(cluster)
+        wait_for(lambda: core.read_namespaced_service_account("default", "default").secrets, what="the default token")
+        marker = f"time.sleep(601)  # {tmp_path.name}"
+        core.create_namespaced_pod("default", {
+            "metadata": {"name": "orphan"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "main", "image": "x", "command": [sys.executable, "-c", f"import time; {marker}"]}]},
+        })
+        pids = wait_for(lambda: [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker in _cmdline(p)],
+                        timeout=60, what="the pod's process")
+        agent = next(p for p in cluster.load_state().processes if p.name == "node-agent")
+        os.kill(agent.pid, signal.SIGKILL)
+        wait_for(lambda: not agent.alive(), what="the agent to die")
+        assert all(Path(f"/proc/{pid}").exists() for pid in pids), "the pod should outlive a killed agent"
+
+        cluster.up()  # notices the dead agent and starts the node again
+        wait_for(lambda: core.read_namespaced_pod("orphan", "default").status.phase == "Failed", timeout=60,
+                 what="the orphaned pod to be reported Failed")
+        terminated = core.read_namespaced_pod("orphan", "default").status.container_statuses[0].state.terminated
+        assert terminated.reason == "NodeAgentRestarted"
+        assert not [pid for pid in pids if marker in _cmdline(Path(f"/proc/{pid}"))], "the old process still runs"
+    finally:
+        cluster.down(quiet=True)
