@@ -1,0 +1,31 @@
+"""What the trainer's rank 0 writes into a RecTrainJob's status (`status.progress`, `status.metrics`).
+
+The operator never writes these two fields.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(0, ge=0, description="Current epoch (0-based).")
+    step: int = Field(0, ge=0, description="Global optimizer steps done.")
+    totalSteps: int | None = Field(None, ge=0, description="Global steps the run will take.")
+    percent: float | None = Field(None, ge=0, le=100, description="step / totalSteps in percent.")
+    loss: float | None = Field(None, description="Recent training loss (smoothed).")
+    samplesPerSecond: float | None = Field(None, ge=0, description="Global training throughput.")
+    etaSeconds: float | None = Field(None, ge=0, description="Estimated seconds to finish.")
+    lastCheckpointStep: int | None = Field(None, ge=0, description="Step of the newest complete checkpoint.")
+    updatedTime: str | None = Field(None, description="RFC 3339 time of this update.")
+
+
+class TrainingMetrics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    auc: float | None = Field(None, ge=0, le=1, description="Latest held-out ROC AUC.")
+    logloss: float | None = Field(None, ge=0, description="Latest held-out log loss.")
+    evalStep: int | None = Field(None, ge=0, description="Step at which auc/logloss were measured.")
+    rowsSkipped: int = Field(0, ge=0, description="Malformed input rows skipped (malformedRows: skip).")

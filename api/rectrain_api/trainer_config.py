@@ -1,0 +1,119 @@
+"""The trainer configuration: the `spec.trainer` section of a RecTrainJob.
+
+The operator passes it to every rank unchanged (JSON in the env var named by
+TRAINER_CONFIG_ENV); `rectrain-train --config FILE` reads the same section from YAML/JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TRAINER_CONFIG_ENV = "RECTRAIN_TRAINER_CONFIG"
+JOB_NAME_ENV = "RECTRAIN_JOB_NAME"
+JOB_NAMESPACE_ENV = "RECTRAIN_JOB_NAMESPACE"
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors, so a typo names the field instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelConfig(StrictModel):
+    """DLRM shape."""
+
+    embeddingDim: int = Field(16, ge=1, le=1024, description="Width of every embedding vector.")
+    tableSizes: list[int] = Field(
+        default_factory=lambda: [100_000] * 26,
+        min_length=1,
+        description="Rows per categorical feature's EmbeddingBag table; categorical ids are hashed into this many rows.",
+    )
+    numDenseFeatures: int = Field(13, ge=0, le=4096, description="Count of dense (integer) features.")
+    bottomMlp: list[int] = Field(
+        default_factory=lambda: [64, 16],
+        description="Hidden sizes of the bottom MLP over dense features; the last must equal embeddingDim.",
+    )
+    topMlp: list[int] = Field(
+        default_factory=lambda: [64, 32], description="Hidden sizes of the top MLP; a final 1-unit layer is added."
+    )
+    interaction: Literal["dot", "dcn"] = Field(
+        "dot", description="Feature interaction: pairwise dot products (DLRM) or a DCNv2 cross layer."
+    )
+    dcnLayers: int = Field(2, ge=1, le=8, description="Cross layers when interaction is dcn.")
+
+
+class SyntheticDataConfig(StrictModel):
+    """Criteo-shaped rows drawn from a planted logistic model, so the best reachable AUC is known."""
+
+    rows: int = Field(100_000, ge=1, description="Training rows.")
+    evalRows: int = Field(20_000, ge=1, description="Held-out evaluation rows.")
+    seed: int = Field(1234, description="Seed of the planted model and the rows.")
+
+
+class DataConfig(StrictModel):
+    source: Literal["synthetic", "criteo-tsv", "binary"] = Field(
+        "synthetic",
+        description="synthetic: planted Criteo-shaped data; criteo-tsv: Criteo TSV files (plain or .gz); binary: the output of rectrain-preprocess.",
+    )
+    paths: list[str] = Field(
+        default_factory=list, description="Training files (criteo-tsv) or directory (binary). Globs allowed."
+    )
+    evalPaths: list[str] = Field(
+        default_factory=list, description="Held-out files; empty uses evalFraction of the training data."
+    )
+    evalFraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out when evalPaths is empty.")
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+    malformedRows: Literal["error", "skip"] = Field(
+        "error",
+        description="error: stop with file:line on the first malformed row; skip: skip and count them (reported in status.metrics).",
+    )
+
+
+class OptimizerConfig(StrictModel):
+    sparse: Literal["adagrad", "sgd", "sparseadam"] = Field(
+        "adagrad", description="Optimizer for embedding tables (sparse gradients)."
+    )
+    dense: Literal["adagrad", "sgd", "adam", "adamw"] = Field("adagrad", description="Optimizer for the MLPs.")
+    learningRate: float = Field(0.01, gt=0, description="Peak learning rate for the dense optimizer.")
+    sparseLearningRate: float | None = Field(None, gt=0, description="Learning rate for embeddings; defaults to learningRate.")
+    warmupSteps: int = Field(0, ge=0, description="Linear learning-rate warmup steps.")
+
+
+class TrainingConfig(StrictModel):
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    maxSteps: int | None = Field(None, ge=1, description="Stop after this many global steps (overrides epochs when smaller).")
+    batchSize: int = Field(2048, ge=1, description="Samples per step per rank (the global batch is batchSize x world size).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp16 needs a GPU (autocast + GradScaler); bf16 runs on CPU and GPU."
+    )
+    seed: int = Field(0, description="Seed for model init and data order.")
+    evalEverySteps: int | None = Field(None, ge=1, description="Evaluate AUC/logloss every N steps; always at the end.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="torch.distributed backend; auto picks nccl on CUDA.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto uses CUDA when present, else CPU (and says so).")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    dataLoaderWorkers: int = Field(1, ge=0, le=64, description="Background batch-preparation workers per rank.")
+
+
+class CheckpointConfig(StrictModel):
+    directory: str | None = Field(None, description="Where checkpoints go (a volume in the pod). None disables them.")
+    everySteps: int = Field(500, ge=1, description="Checkpoint every N global steps (and on SIGTERM).")
+    keep: int = Field(3, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+
+
+class ReportingConfig(StrictModel):
+    progressIntervalSeconds: float = Field(5.0, ge=0.5, description="Least time between status.progress patches by rank 0.")
+    metricsPort: int = Field(9400, ge=0, le=65535, description="Port of each rank's Prometheus /metrics; 0 disables it.")
+    tensorboardDir: str | None = Field(None, description="Write TensorBoard scalars here when set.")
+    logEverySteps: int = Field(50, ge=1, description="Log a progress line every N steps.")
+
+
+class TrainerConfig(StrictModel):
+    """Everything the trainer needs to know; the operator passes it verbatim."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    reporting: ReportingConfig = Field(default_factory=ReportingConfig)

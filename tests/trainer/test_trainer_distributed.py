@@ -1,0 +1,195 @@
+"""Real multi-process runs: 2 gloo ranks vs 1 rank, SIGTERM preemption and resume, checkpoint files."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rectrain_trainer import checkpoint as ckpt
+from rectrain_trainer.config import parse_config
+from rectrain_trainer.train import PREEMPTED_EXIT_CODE, train
+from trainer_helpers import final_line, finish, start_ranks, start_trainer, tiny_config
+
+
+def assert_params_close(a: dict, b: dict, tol: float):
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= tol, f"max parameter difference {worst}"
+
+
+def test_two_gloo_ranks_match_one_rank_with_the_same_global_batch(tmp_path):
+    # 4001 rows: the last global batch (33 rows) splits 17/16, so uneven shards are covered too.
+    base = dict(
+        data={"source": "synthetic", "synthetic": {"rows": 4001, "evalRows": 1000, "seed": 3}},
+        reporting={"metricsPort": 0, "logEverySteps": 10_000},
+    )
+    one = tiny_config(training={"batchSize": 64, "epochs": 2}, checkpoint={"directory": str(tmp_path / "one")}, **base)
+    two = tiny_config(training={"batchSize": 32, "epochs": 2}, checkpoint={"directory": str(tmp_path / "two")}, **base)
+    procs = start_ranks(two, 2)
+    r1 = train(parse_config(one))  # meanwhile, in this process
+    res = finish(procs)
+    assert [rc for rc, _, _ in res] == [0, 0], res[0][2][-3000:] + res[1][2][-3000:]
+    f2 = final_line(res[0][1])
+    assert res[1][1] == ""  # only rank 0 prints
+    assert f2["step"] == r1.step == 2 * 63
+    assert abs(f2["loss"] - r1.train_loss) < 1e-3
+    assert abs(f2["logloss"] - r1.logloss) < 1e-3
+    p1 = ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "one"))
+    p2 = ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "two"))
+    assert_params_close(p1, p2, 1e-3)
+
+
+class LineReader:
+    """Collects a process's stderr lines in the background so a test can poll for one."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _run(self, stream):
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, proc, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if proc.poll() is not None and not self._t.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not seen; output:\n{''.join(self.lines)[-3000:]}")
+
+    def text(self) -> str:
+        self._t.join(timeout=10)
+        return "".join(self.lines)
+
+
+def resume_config(directory: Path) -> dict:
+    return tiny_config(
+        data={"source": "synthetic", "synthetic": {"rows": 3000, "evalRows": 500, "seed": 4}},
+        training={"batchSize": 16, "epochs": 8, "seed": 2, "optimizer": {"learningRate": 0.02, "warmupSteps": 30}},
+        checkpoint={"directory": str(directory), "everySteps": 100, "keep": 2},
+        reporting={"metricsPort": 0, "logEverySteps": 20},
+    )
+
+
+def test_sigterm_checkpoints_and_resume_equals_uninterrupted_run(tmp_path):
+    interrupted = resume_config(tmp_path / "int")
+    p = start_trainer(interrupted)
+    try:
+        err = LineReader(p.stderr)
+        err.wait_for("step=40/", p)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        out = p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    log = err.text()
+    assert p.returncode == PREEMPTED_EXIT_CODE, log[-3000:]
+    assert "SIGTERM" in log and "final:" not in out
+    stopped_at = ckpt.complete_checkpoints(tmp_path / "int")[-1][0]
+    total = 8 * 188
+    assert 40 <= stopped_at < total
+
+    # The uninterrupted reference, in this process, while nothing else runs.
+    ref = train(parse_config(resume_config(tmp_path / "ref")))
+    assert ref.step == total
+
+    resumed = start_trainer(interrupted)
+    (rc, out2, err2), = finish([resumed])
+    assert rc == 0, err2[-3000:]
+    assert f"resumed from {tmp_path / 'int'}/step-{stopped_at:08d}" in err2
+    assert final_line(out2)["step"] == total
+    assert_params_close(
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "int")),
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "ref")),
+        1e-4,
+    )
+    # keep: 2 -> only the newest two complete checkpoints remain
+    steps = [s for s, _ in ckpt.complete_checkpoints(tmp_path / "int")]
+    assert len(steps) == 2 and steps[-1] == total
+
+
+def test_sigterm_to_one_rank_stops_all_ranks_and_resume_works_with_a_volume_per_pod(tmp_path):
+    # A relative checkpoint directory and a working directory per rank: each "pod" has its own
+    # volume, so only rank 0's holds checkpoints, and rank 1 must get the state from rank 0.
+    pods = [tmp_path / "pod0", tmp_path / "pod1"]
+    for d in pods:
+        d.mkdir()
+    cfg = resume_config(Path("ck"))
+    cfg["training"].update(batchSize=8, epochs=2)  # global batch 16, 2 x 188 steps
+    procs = start_ranks(cfg, 2, cwds=pods)
+    try:
+        err = LineReader(procs[0].stderr)
+        err.wait_for("step=20/", procs[0])
+        procs[1].send_signal(signal.SIGTERM)  # only rank 1 gets the notice
+        res1 = finish(procs[1:], timeout=60)
+        procs[0].wait(timeout=60)
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+                q.wait()
+    rc1, _out1, err1 = res1[0]
+    assert [procs[0].returncode, rc1] == [PREEMPTED_EXIT_CODE] * 2, err.text()[-3000:] + err1[-3000:]
+    (step, _path), = ckpt.complete_checkpoints(pods[0] / "ck")[-1:]
+    assert f"stopped by SIGTERM at step {step}" in err.text()
+    assert f"stopped by SIGTERM at step {step}" in err1
+    assert step < 2 * 188 and not list((pods[0] / "ck").glob(".tmp-*"))
+    assert not (pods[1] / "ck").exists()
+
+    resumed = start_ranks(cfg, 2, cwds=pods)
+    one = dict(cfg, training={**cfg["training"], "batchSize": 16}, checkpoint={**cfg["checkpoint"], "directory": str(tmp_path / "one")})
+    ref = train(parse_config(one))  # uninterrupted, 1 rank, same global batch (meanwhile, here)
+    res = finish(resumed)
+    assert [rc for rc, _, _ in res] == [0, 0], res[0][2][-3000:] + res[1][2][-3000:]
+    assert f"resumed from ck/step-{step:08d}" in res[0][2]
+    assert final_line(res[0][1])["step"] == ref.step == 2 * 188
+    assert_params_close(
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(pods[0] / "ck")),
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "one")),
+        1e-3,
+    )
+
+
+@pytest.mark.parametrize("sparse,dense", [("sparseadam", "adamw"), ("sgd", "sgd")])
+def test_resume_restores_every_optimizer(tmp_path, sparse, dense):
+    def cfg(directory, max_steps):
+        c = tiny_config(training={"batchSize": 32, "epochs": 2, "optimizer": {"sparse": sparse, "dense": dense, "learningRate": 0.01}},
+                        checkpoint={"directory": str(directory), "everySteps": 1000})
+        c["training"]["maxSteps"] = max_steps
+        return parse_config(c)
+
+    train(cfg(tmp_path / "a", 150))
+    train(cfg(tmp_path / "b", 70))  # stops mid-epoch 1 ...
+    assert train(cfg(tmp_path / "b", 150)).step == 150  # ... and continues from its checkpoint
+    assert_params_close(
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "a")),
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "b")),
+        1e-5,
+    )
+
+
+def test_latest_checkpoint_ignores_incomplete_ones(tmp_path):
+    r = train(parse_config(tiny_config(
+        training={"batchSize": 64, "epochs": 1},
+        checkpoint={"directory": str(tmp_path), "everySteps": 10, "keep": 3},
+    )))
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [50, 60, 63] and r.step == 63
+    # a crash mid-save leaves a temp dir or a dir without its marker: neither is "latest"
+    (tmp_path / ".tmp-step-00000070").mkdir()
+    (tmp_path / "step-00000080").mkdir()
+    (tmp_path / "step-00000080" / ".metadata").write_bytes(b"partial")
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-00000063"
+    # a finished run resumed does no more steps
+    again = train(parse_config(tiny_config(training={"batchSize": 64, "epochs": 1}, checkpoint={"directory": str(tmp_path)})))
+    assert again.step == 63 and again.auc == pytest.approx(r.auc)

@@ -1,0 +1,467 @@
+"""Data: Criteo TSV parsing, the binary columnar format, the planted synthetic generator, rank sharding.
+
+Every source ends up as a `Table`: three column arrays (numpy, in memory or memory-mapped)
+  label  uint8   [rows]
+  dense  float32 [rows, numDense]   already transformed: log(1 + max(x, 0)), missing -> 0
+  cat    uint32  [rows, numCat]     raw 32-bit category values (Criteo hex), missing -> 0
+Categories are hashed into the model's table sizes at batch time (`value % tableSize`), so one
+preprocessed dataset serves any model shape.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger("rectrain.data")
+
+CRITEO_DENSE = 13
+CRITEO_CAT = 26
+CRITEO_COLUMNS = 1 + CRITEO_DENSE + CRITEO_CAT
+BINARY_FORMAT = "rectrain-columnar-v1"
+_HEX = re.compile(r"[0-9a-fA-F]{1,8}")
+_INT = re.compile(r"-?[0-9]+")
+
+
+class MalformedRowError(ValueError):
+    """A row that cannot be parsed; the message names file and line (1-based)."""
+
+
+@dataclass
+class Table:
+    label: np.ndarray
+    dense: np.ndarray
+    cat: np.ndarray
+    rows_skipped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def slice(self, start: int, stop: int) -> "Table":
+        return Table(self.label[start:stop], self.dense[start:stop], self.cat[start:stop], self.rows_skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Criteo TSV
+# --------------------------------------------------------------------------------------------
+
+
+def _open_text(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
+    return open(path, "rt", encoding="utf-8", newline="\n")
+
+
+def parse_criteo_line(line: str, where: str = "<row>") -> tuple[int, list[float], list[int]]:
+    """One Criteo TSV row -> (label, 13 transformed dense values, 26 raw category values).
+
+    Raises MalformedRowError naming `where` on a wrong column count, a non-0/1 label,
+    a non-integer dense value or a category that is not 1-8 hex digits.
+    """
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != CRITEO_COLUMNS:
+        raise MalformedRowError(f"{where}: expected {CRITEO_COLUMNS} tab-separated columns, got {len(fields)}")
+    lab = fields[0]
+    if lab not in ("0", "1"):
+        raise MalformedRowError(f"{where}: label must be 0 or 1, got {lab!r}")
+    dense: list[float] = []
+    for i in range(CRITEO_DENSE):
+        s = fields[1 + i]
+        if s == "":
+            dense.append(0.0)
+            continue
+        if not _INT.fullmatch(s):
+            raise MalformedRowError(f"{where}: dense feature I{i + 1} is not an integer: {s!r}")
+        v = int(s)
+        dense.append(math.log1p(v) if v > 0 else 0.0)
+    cats: list[int] = []
+    for j in range(CRITEO_CAT):
+        s = fields[1 + CRITEO_DENSE + j]
+        if s == "":
+            cats.append(0)
+            continue
+        if not _HEX.fullmatch(s):
+            raise MalformedRowError(f"{where}: categorical feature C{j + 1} is not 1-8 hex digits: {s!r}")
+        cats.append(int(s, 16))
+    return int(lab), dense, cats
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in patterns:
+        hits = sorted(glob.glob(p))
+        if not hits:
+            raise FileNotFoundError(f"no file matches {p!r}")
+        out.extend(hits)
+    return out
+
+
+class _ColumnBuffer:
+    """Accumulates parsed rows in fixed-size numpy chunks."""
+
+    def __init__(self, chunk: int = 65536):
+        self.chunk = chunk
+        self.done: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._new()
+
+    def _new(self):
+        self.lab = np.empty(self.chunk, np.uint8)
+        self.den = np.empty((self.chunk, CRITEO_DENSE), np.float32)
+        self.cat = np.empty((self.chunk, CRITEO_CAT), np.uint32)
+        self.n = 0
+
+    def add(self, lab, den, cat):
+        self.lab[self.n] = lab
+        self.den[self.n] = den
+        self.cat[self.n] = cat
+        self.n += 1
+        if self.n == self.chunk:
+            self.flush()
+
+    def flush(self):
+        if self.n:
+            self.done.append((self.lab[: self.n], self.den[: self.n], self.cat[: self.n]))
+            self._new()
+
+    def take(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        self.flush()
+        out, self.done = self.done, []
+        return out
+
+
+def iter_criteo_chunks(paths: list[str], malformed: str = "error", chunk: int = 65536, on_bytes=None):
+    """Yield (label, dense, cat, skipped_so_far) chunks from Criteo TSV files (plain or .gz).
+
+    malformed="error" raises MalformedRowError("file:line: ..."); "skip" skips, counts and logs
+    the first few. `on_bytes(n)` is called with the compressed/plain bytes consumed per file.
+    """
+    if malformed not in ("error", "skip"):
+        raise ValueError("malformed must be 'error' or 'skip'")
+    buf = _ColumnBuffer(chunk)
+    skipped = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        with _open_text(path) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if line.strip() == "":
+                    # A blank line (often a trailing newline) carries no row.
+                    continue
+                try:
+                    lab, den, cat = parse_criteo_line(line, f"{path}:{lineno}")
+                except MalformedRowError as e:
+                    if malformed == "error":
+                        raise
+                    skipped += 1
+                    if skipped <= 5:
+                        log.warning("skipping malformed row (%s)", e)
+                    continue
+                buf.add(lab, den, cat)
+                if buf.done:
+                    for c in buf.take():
+                        yield (*c, skipped)
+        if on_bytes:
+            on_bytes(size)
+    final = buf.take()
+    for c in final:
+        yield (*c, skipped)
+    if not final and skipped:
+        yield (np.empty(0, np.uint8), np.empty((0, CRITEO_DENSE), np.float32), np.empty((0, CRITEO_CAT), np.uint32), skipped)
+
+
+def read_criteo_tsv(paths: list[str], malformed: str = "error") -> Table:
+    """Parse Criteo TSV files fully into memory (for small data; use `rectrain-preprocess` for big)."""
+    labs, dens, cats = [], [], []
+    skipped = 0
+    for lab, den, cat, skipped in iter_criteo_chunks(expand_paths(paths), malformed):
+        labs.append(lab)
+        dens.append(den)
+        cats.append(cat)
+    if skipped:
+        log.warning("skipped %d malformed rows in %s", skipped, ", ".join(paths))
+    if not labs:
+        return Table(np.empty(0, np.uint8), np.empty((0, CRITEO_DENSE), np.float32), np.empty((0, CRITEO_CAT), np.uint32), skipped)
+    return Table(np.concatenate(labs), np.concatenate(dens), np.concatenate(cats), skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Binary columnar format: a directory with label.u8, dense.f32, cat.u32 (row-major) + meta.json.
+# meta.json is written last and the directory is renamed into place, so a half-written dataset
+# is never visible under its final name.
+# --------------------------------------------------------------------------------------------
+
+
+def preprocess(paths: list[str], out_dir: str, malformed: str = "error", progress: bool = True) -> dict:
+    """Convert Criteo TSV files into the binary columnar format; returns the metadata written."""
+    files = expand_paths(paths)
+    out = Path(out_dir)
+    if (out / "meta.json").exists():
+        raise FileExistsError(f"{out} already holds a dataset")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    total = sum(os.path.getsize(f) for f in files)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", dynamic_ncols=True)
+    rows = 0
+    skipped = 0
+    try:
+        with open(tmp / "label.u8", "wb") as fl, open(tmp / "dense.f32", "wb") as fd, open(tmp / "cat.u32", "wb") as fc:
+            for lab, den, cat, skipped in iter_criteo_chunks(files, malformed, on_bytes=bar.update if bar else None):
+                fl.write(np.ascontiguousarray(lab).tobytes())
+                fd.write(np.ascontiguousarray(den, dtype="<f4").tobytes())
+                fc.write(np.ascontiguousarray(cat, dtype="<u4").tobytes())
+                rows += len(lab)
+                if bar:
+                    bar.set_postfix(rows=rows, skipped=skipped, refresh=False)
+        meta = {
+            "format": BINARY_FORMAT,
+            "rows": rows,
+            "numDense": CRITEO_DENSE,
+            "numCat": CRITEO_CAT,
+            "rowsSkipped": skipped,
+            "sources": files,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()  # must be empty: we refuse to overwrite a dataset above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bar:
+            bar.close()
+    if skipped:
+        log.warning("skipped %d malformed rows", skipped)
+    return meta
+
+
+def open_binary(path: str) -> Table:
+    """Memory-map a dataset written by `preprocess`."""
+    p = Path(path)
+    meta_file = p / "meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{p} is not a complete rectrain dataset (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != BINARY_FORMAT:
+        raise ValueError(f"{p}: unknown dataset format {meta.get('format')!r}")
+    n, nd, nc = meta["rows"], meta["numDense"], meta["numCat"]
+    if n == 0:
+        return Table(np.empty(0, np.uint8), np.empty((0, nd), np.float32), np.empty((0, nc), np.uint32), meta["rowsSkipped"])
+    return Table(
+        np.memmap(p / "label.u8", np.uint8, "r", shape=(n,)),
+        np.memmap(p / "dense.f32", "<f4", "r", shape=(n, nd)),
+        np.memmap(p / "cat.u32", "<u4", "r", shape=(n, nc)),
+        int(meta.get("rowsSkipped", 0)),
+    )
+
+
+def open_binary_many(paths: list[str]) -> Table:
+    dirs: list[str] = []
+    for pat in paths:
+        hits = sorted(h for h in glob.glob(pat) if os.path.isdir(h))
+        if not hits:
+            raise FileNotFoundError(f"no dataset directory matches {pat!r}")
+        dirs.extend(hits)
+    tables = [open_binary(d) for d in dirs]
+    if len(tables) == 1:
+        return tables[0]
+    # Several datasets: concatenated in memory (each part stays memory-mapped until then).
+    return Table(
+        np.concatenate([t.label for t in tables]),
+        np.concatenate([t.dense for t in tables]),
+        np.concatenate([t.cat for t in tables]),
+        sum(t.rows_skipped for t in tables),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Planted synthetic data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlantedModel:
+    """logit = bias + w . dense + sum_f effect_f[category_f]; label ~ Bernoulli(sigmoid(logit))."""
+
+    bias: float
+    dense_w: np.ndarray
+    effects: list[np.ndarray]
+    cardinalities: list[int]
+
+    def logit(self, t: Table) -> np.ndarray:
+        z = np.full(len(t), self.bias, np.float64) + t.dense.astype(np.float64) @ self.dense_w
+        for f, eff in enumerate(self.effects):
+            z += eff[t.cat[:, f].astype(np.int64)]
+        return z
+
+
+def planted_model(num_dense: int, table_sizes: list[int], seed: int) -> PlantedModel:
+    rng = np.random.default_rng([seed, 7])
+    # At most 1000 distinct values per feature, never more than its table (so hashing is exact).
+    cards = [max(2, min(s, 1000)) for s in table_sizes]
+    w = rng.normal(0, 0.6, num_dense) / max(1.0, math.sqrt(num_dense / 4))
+    scale = 1.2 / math.sqrt(max(1, len(cards)))
+    effects = [rng.normal(0, scale * 2.0, c) for c in cards]
+    return PlantedModel(-1.0, w, effects, cards)
+
+
+def synthetic_table(pm: PlantedModel, rows: int, seed: int) -> Table:
+    rng = np.random.default_rng(seed)
+    nd = pm.dense_w.shape[0]
+    # Criteo-like dense counts (heavy tailed, many zeros), then the standard log(1+x) transform.
+    raw = rng.geometric(0.15, size=(rows, nd)) - 1
+    raw[rng.random((rows, nd)) < 0.2] = 0
+    dense = np.log1p(raw).astype(np.float32)
+    cats = np.empty((rows, len(pm.cardinalities)), np.uint32)
+    for f, c in enumerate(pm.cardinalities):
+        # Zipf-ish popularity: a few frequent values, a long tail.
+        u = rng.random(rows)
+        cats[:, f] = np.minimum((c * u**2.0).astype(np.int64), c - 1)
+    t = Table(np.zeros(rows, np.uint8), dense, cats)
+    p = 1.0 / (1.0 + np.exp(-pm.logit(t)))
+    t.label = (rng.random(rows) < p).astype(np.uint8)
+    return t
+
+
+def synthetic_datasets(num_dense: int, table_sizes: list[int], rows: int, eval_rows: int, seed: int):
+    """(train, eval, planted model) drawn from one planted model; eval rows are independent."""
+    pm = planted_model(num_dense, table_sizes, seed)
+    return synthetic_table(pm, rows, seed * 2 + 1), synthetic_table(pm, eval_rows, seed * 2 + 2), pm
+
+
+# --------------------------------------------------------------------------------------------
+# Batches and rank sharding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    dense: torch.Tensor  # float32 [n, numDense]
+    cat: torch.Tensor  # int64 [n, numCat], already hashed into table rows
+    label: torch.Tensor  # float32 [n]
+    global_size: int  # rows in the global batch this shard belongs to
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            self.dense.to(device, non_blocking=non_blocking),
+            self.cat.to(device, non_blocking=non_blocking),
+            self.label.to(device, non_blocking=non_blocking),
+            self.global_size,
+        )
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The global row order of an epoch: the same on every rank."""
+    return np.random.default_rng([seed, epoch, 99]).permutation(rows)
+
+
+def steps_per_epoch(rows: int, batch_size: int, world_size: int) -> int:
+    return math.ceil(rows / (batch_size * world_size)) if rows else 0
+
+
+def shard_indices(rows: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (this rank's row indices, global batch size) for each step of an epoch.
+
+    Global step g covers order[g*B*W : (g+1)*B*W]; rank r takes the r-th of W near-equal parts
+    (np.array_split), so every row is seen exactly once per epoch across ranks, including the
+    last, partial global batch. A rank's part may be empty (then it still takes part in the step).
+    """
+    order = epoch_order(rows, seed, epoch)
+    g = batch_size * world_size
+    for start in range(0, rows, g):
+        chunk = order[start : start + g]
+        yield np.array_split(chunk, world_size)[rank], len(chunk)
+
+
+def make_batch(t: Table, idx: np.ndarray, global_size: int, table_sizes: np.ndarray, pin: bool = False) -> Batch:
+    idx = np.sort(idx)  # sequential reads from the memory map; order inside a batch is irrelevant
+    dense = torch.from_numpy(np.ascontiguousarray(t.dense[idx], dtype=np.float32))
+    cat = torch.from_numpy((t.cat[idx].astype(np.int64) % table_sizes).astype(np.int64))
+    label = torch.from_numpy(t.label[idx].astype(np.float32))
+    if pin:
+        dense, cat, label = dense.pin_memory(), cat.pin_memory(), label.pin_memory()
+    return Batch(dense, cat, label, global_size)
+
+
+class BatchLoader:
+    """Iterates this rank's batches of one epoch, from step `skip` on, prepared ahead of time.
+
+    With workers > 0 a background thread (numpy gather releases the GIL) keeps up to
+    2*workers batches ready, pinned when `pin` (CUDA) so host-to-device copies overlap.
+    """
+
+    def __init__(self, t: Table, batch_size: int, world_size: int, rank: int, seed: int, epoch: int,
+                 table_sizes: list[int], skip: int = 0, workers: int = 1, pin: bool = False):
+        self.t = t
+        self.args = (len(t), batch_size, world_size, rank, seed, epoch)
+        self.sizes = np.asarray(table_sizes, dtype=np.int64)
+        self.skip = skip
+        self.workers = workers
+        self.pin = pin
+        self.wait_seconds = 0.0
+
+    def _gen(self):
+        for i, (idx, gsize) in enumerate(shard_indices(*self.args)):
+            if i < self.skip:
+                continue
+            yield make_batch(self.t, idx, gsize, self.sizes, self.pin)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.workers <= 0:
+            yield from self._gen()
+            return
+        q: queue.Queue = queue.Queue(maxsize=2 * self.workers)
+        stop = threading.Event()
+        end = object()
+
+        def produce():
+            try:
+                for b in self._gen():
+                    while not stop.is_set():
+                        try:
+                            q.put(b, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(end)
+            except BaseException as e:  # surfaced in the consumer
+                q.put(e)
+
+        th = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+        th.start()
+        import time
+
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = q.get()
+                self.wait_seconds += time.perf_counter() - t0
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            th.join(timeout=5)
