@@ -75,3 +75,34 @@ def namespace(request: pytest.FixtureRequest, k8s_api) -> Iterator[str]:
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+# ---- RecTrainJob fixtures, shared by the operator, e2e and delivery suites --------------------------
+
+
+@pytest.fixture(scope="session")
+def crd_installed(k8s_api):
+    """The RecTrainJob CRD, generated from the API types, installed and served."""
+    from rtj_harness import install_crd
+
+    install_crd(k8s_api)
+
+
+@pytest.fixture
+def harness(k8s_api, namespace, crd_installed):
+    """Jobs and pods in the test's namespace (tests/operator/rtj_harness.py)."""
+    from rtj_harness import Harness
+
+    return Harness(k8s_api, namespace)
+
+
+@pytest.fixture
+def operator(kubeconfig, namespace, crd_installed, tmp_path):
+    """`rectrain-operator` as a subprocess watching the test's namespace; killed by PID afterwards."""
+    from rtj_harness import Operator
+
+    op = Operator(kubeconfig, namespace, tmp_path / "operator.log").start()
+    try:
+        yield op
+    finally:
+        op.kill()

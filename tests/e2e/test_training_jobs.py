@@ -81,11 +81,11 @@ class ProgressRecorder(threading.Thread):
             time.sleep(0.2)
 
 
-def test_job_trains_to_succeeded_with_progress(e2e, live_operator, kubeconfig, namespace):
+def test_job_trains_to_succeeded_with_progress(harness, operator, kubeconfig, namespace):
     kubectl_apply(kubeconfig, namespace, job_manifest("train", trainer(rows=120_000, batch=512)))
-    recorder = ProgressRecorder(e2e, "train")
+    recorder = ProgressRecorder(harness, "train")
     recorder.start()
-    status = e2e.wait_phase("train", "Succeeded", timeout=300)
+    status = harness.wait_phase("train", "Succeeded", timeout=300)
     recorder.done.set()
     recorder.join(5)
 
@@ -98,26 +98,26 @@ def test_job_trains_to_succeeded_with_progress(e2e, live_operator, kubeconfig, n
     assert (status.get("failures") or 0) == 0 and (status.get("preemptions") or 0) == 0
 
 
-def test_spot_reclaim_resumes_from_checkpoint(e2e, live_operator, kubeconfig, namespace, local_cluster):
+def test_spot_reclaim_resumes_from_checkpoint(harness, operator, kubeconfig, namespace, local_cluster):
     if local_cluster is None:
         pytest.skip("reclaims go through rectrain-local")
     every = 20
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt"},
              "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}
     kubectl_apply(kubeconfig, namespace, claim, job_manifest("spot", trainer(rows=300_000, batch=512, checkpoint_every=every), claim="ckpt"))
-    recorder = ProgressRecorder(e2e, "spot")
+    recorder = ProgressRecorder(harness, "spot")
     recorder.start()
-    wait_for(lambda: (e2e.status("spot").get("progress") or {}).get("step", 0) >= 3 * every, timeout=240,
+    wait_for(lambda: (harness.status("spot").get("progress") or {}).get("step", 0) >= 3 * every, timeout=240,
              what="training to pass a few checkpoints")
-    before = e2e.status("spot")
-    victim = e2e.pods("spot", before.get("attempt", 0))[1].metadata.name
+    before = harness.status("spot")
+    victim = harness.pods("spot", before.get("attempt", 0))[1].metadata.name
     result = subprocess.run(
         [sys.executable, "-m", "rectrain_local.cli", "--state-dir", str(local_cluster.state_dir),
          "reclaim", "-n", namespace, "--grace-period", "20", victim],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
-    status = e2e.wait_phase("spot", "Succeeded", timeout=420)
+    status = harness.wait_phase("spot", "Succeeded", timeout=420)
     recorder.done.set()
     recorder.join(5)
 
@@ -132,13 +132,13 @@ def test_spot_reclaim_resumes_from_checkpoint(e2e, live_operator, kubeconfig, na
     assert status["metrics"]["auc"] > 0.6
 
 
-def test_application_failure_fails_after_backoff_limit(e2e, live_operator, kubeconfig, namespace):
+def test_application_failure_fails_after_backoff_limit(harness, operator, kubeconfig, namespace):
     bad_data = {"source": "criteo-tsv", "paths": ["/nonexistent/criteo/day_*.tsv"]}
     kubectl_apply(kubeconfig, namespace, job_manifest("broken", trainer(rows=1000, batch=64, data=bad_data), backoff_limit=1))
-    status = e2e.wait_phase("broken", "Failed", timeout=240)
+    status = harness.wait_phase("broken", "Failed", timeout=240)
     assert status.get("failures") == 2, "backoffLimit 1 allows one retry: two failures in all"
     assert (status.get("preemptions") or 0) == 0
-    failed = e2e.condition("broken", "Failed")
+    failed = harness.condition("broken", "Failed")
     assert failed and failed["status"] == "True"
-    text = json.dumps(status) + json.dumps(e2e.events("broken"))
+    text = json.dumps(status) + json.dumps(harness.events("broken"))
     assert "/nonexistent/criteo" in text, f"the trainer's message is not visible: {text[:2000]}"

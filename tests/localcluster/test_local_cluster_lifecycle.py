@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from kubernetes import client, config
 from rectrain_local.build import BINARIES, BuildCache
 from rectrain_local.cluster import LocalCluster
+from rectrain_local.node import network
+from support import wait_for
 
 CLI = [sys.executable, "-m", "rectrain_local.cli"]
 
@@ -98,38 +101,6 @@ def test_half_built_cache_is_not_complete(tmp_path):
     assert not cache.is_complete(), "a marker with a binary missing must not count"
 
 
-@pytest.mark.slow
-def test_down_ends_running_pods_and_their_network(tmp_path):
-    if os.environ.get("RECTRAIN_TEST_KUBECONFIG") or os.geteuid() != 0:
-        pytest.skip("exercises the local node agent (root)")
-    from rectrain_local.node import network
-    from support import wait_for
-
-    cluster = LocalCluster(tmp_path / "state")
-    try:
-        cluster.up(fresh=True)
-        core = _core(cluster)
-        wait_for(lambda: core.read_namespaced_service_account("default", "default").secrets, what="the default token")
-        core.create_namespaced_pod("default", {
-            "metadata": {"name": "long-runner"},
-            "spec": {"restartPolicy": "Never", "containers": [
-                {"name": "main", "image": "x", "command": [sys.executable, "-c", "import time; time.sleep(600)"]}]},
-        })
-        pod = wait_for(lambda: (lambda p: p if p.status.phase == "Running" else None)(
-            core.read_namespaced_pod("long-runner", "default")), timeout=60, what="the pod to run")
-        netns = network.netns_name(pod.metadata.uid)
-        assert netns in network.list_pod_netns()
-        pids = wait_for(lambda: [int(p.name) for p in Path("/proc").iterdir()
-                                 if p.name.isdigit() and _cmdline(p).endswith("time.sleep(600)")],
-                        what="the pod's process to run its command")
-    finally:
-        records = cluster.load_state().processes
-        cluster.down(quiet=True)
-    assert not any(record.alive() for record in records)
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and "time.sleep(600)" in _cmdline(Path(f"/proc/{pid}"))]
-    assert netns not in network.list_pod_netns()
-
-
 def _cmdline(proc_dir: Path) -> str:
     try:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -137,39 +108,69 @@ def _cmdline(proc_dir: Path) -> str:
         return ""
 
 
+def _processes_running(marker: str) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker in _cmdline(p)]
+
+
+def _start_sleeper(cluster: LocalCluster, name: str, marker: str):
+    """A pod whose process sleeps with `marker` in its command line; returns (pod, its PIDs)."""
+    core = _core(cluster)
+    wait_for(lambda: core.read_namespaced_service_account("default", "default").secrets, what="the default token")
+    core.create_namespaced_pod("default", {
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "main", "image": "x", "command": [sys.executable, "-c", f"import time; {marker}"]}]},
+    })
+    pod = wait_for(lambda: (lambda p: p if p.status.phase == "Running" else None)(core.read_namespaced_pod(name, "default")),
+                   timeout=60, what=f"pod {name} to run")
+    pids = wait_for(lambda: _processes_running(marker), what=f"pod {name}'s process to run its command")
+    return pod, pids
+
+
+needs_node_agent = pytest.mark.skipif(
+    bool(os.environ.get("RECTRAIN_TEST_KUBECONFIG")) or os.geteuid() != 0, reason="exercises the local node agent (root)"
+)
+
+
 @pytest.mark.slow
+@needs_node_agent
+def test_down_ends_running_pods_and_their_network(tmp_path):
+    cluster = LocalCluster(tmp_path / "state")
+    marker = f"time.sleep(600)  # {tmp_path.name}"
+    try:
+        cluster.up(fresh=True)
+        pod, pids = _start_sleeper(cluster, "long-runner", marker)
+        netns = network.netns_name(pod.metadata.uid)
+        assert netns in network.list_pod_netns()
+    finally:
+        records = cluster.load_state().processes
+        cluster.down(quiet=True)
+    assert not any(record.alive() for record in records)
+    assert not _processes_running(marker), "a pod's process outlived down"
+    assert netns not in network.list_pod_netns()
+
+
+@pytest.mark.slow
+@needs_node_agent
 def test_restarted_node_agent_ends_what_it_left(tmp_path):
     """An agent killed hard leaves pod processes behind; the next one ends them and says so in the
     pod's status, instead of leaving a pod that claims to run with no process behind it."""
-    if os.environ.get("RECTRAIN_TEST_KUBECONFIG") or os.geteuid() != 0:
-        pytest.skip("exercises the local node agent (root)")
-    import signal
-
-    from support import wait_for
-
     cluster = LocalCluster(tmp_path / "state")
+    marker = f"time.sleep(601)  # {tmp_path.name}"
     try:
         cluster.up(fresh=True)
-        core = _core(cluster)
-        wait_for(lambda: core.read_namespaced_service_account("default", "default").secrets, what="the default token")
-        marker = f"time.sleep(601)  # {tmp_path.name}"
-        core.create_namespaced_pod("default", {
-            "metadata": {"name": "orphan"},
-            "spec": {"restartPolicy": "Never", "containers": [
-                {"name": "main", "image": "x", "command": [sys.executable, "-c", f"import time; {marker}"]}]},
-        })
-        pids = wait_for(lambda: [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and marker in _cmdline(p)],
-                        timeout=60, what="the pod's process")
+        _, pids = _start_sleeper(cluster, "orphan", marker)
         agent = next(p for p in cluster.load_state().processes if p.name == "node-agent")
         os.kill(agent.pid, signal.SIGKILL)
         wait_for(lambda: not agent.alive(), what="the agent to die")
-        assert all(Path(f"/proc/{pid}").exists() for pid in pids), "the pod should outlive a killed agent"
+        assert _processes_running(marker) == pids, "the pod should outlive a killed agent"
 
         cluster.up()  # notices the dead agent and starts the node again
+        core = _core(cluster)
         wait_for(lambda: core.read_namespaced_pod("orphan", "default").status.phase == "Failed", timeout=60,
                  what="the orphaned pod to be reported Failed")
         terminated = core.read_namespaced_pod("orphan", "default").status.container_statuses[0].state.terminated
         assert terminated.reason == "NodeAgentRestarted"
-        assert not [pid for pid in pids if marker in _cmdline(Path(f"/proc/{pid}"))], "the old process still runs"
+        assert not _processes_running(marker), "the old process still runs"
     finally:
         cluster.down(quiet=True)
