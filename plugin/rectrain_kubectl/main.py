@@ -1,20 +1,28 @@
 """`kubectl rectrain` (an executable named kubectl-rectrain on PATH).
 
+    kubectl rectrain submit FILE [-n NS] [--watch]      create (or update) the RecTrainJob(s) in FILE ('-': stdin)
     kubectl rectrain list [-n NS | -A]
     kubectl rectrain watch NAME [-n NS] [--timeout S]   live progress from status.progress until the job ends
+    kubectl rectrain describe NAME [-n NS]              phase, conditions, restarts vs preemptions, progress, events
+    kubectl rectrain logs NAME [-n NS] [--rank N]       a rank's output (the API's pod log; on the local
+                                                        cluster, the node agent's copy when the API has none)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
+import yaml
 from kubernetes import client, config
 from tqdm import tqdm
 
-GROUP, VERSION, PLURAL = "rectrain.io", "v1alpha1", "rectrainjobs"
+GROUP, VERSION, PLURAL, KIND = "rectrain.io", "v1alpha1", "rectrainjobs", "RecTrainJob"
 FINISHED = ("Succeeded", "Failed")
+LABEL_JOB_NAME, LABEL_RANK, LABEL_ATTEMPT = "rectrain.io/job-name", "rectrain.io/rank", "rectrain.io/attempt"
 
 
 def _api(kubeconfig: str | None) -> client.CustomObjectsApi:
@@ -114,24 +122,252 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return 3
 
 
+def _fail(message: str, code: int = 1) -> int:
+    print(f"kubectl-rectrain: {message}", file=sys.stderr)
+    return code
+
+
+def _api_error(exc: client.ApiException) -> str:
+    try:
+        import json
+
+        return json.loads(exc.body).get("message") or f"{exc.status} {exc.reason}"
+    except (TypeError, ValueError):
+        return f"{exc.status} {exc.reason}"
+
+
+# ------------------------------------------------------------------------------ submit
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Create each RecTrainJob in FILE; an existing job of the same name is updated (its spec replaced)."""
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        return _fail(f"{args.file}: {exc}")
+    if not docs:
+        return _fail(f"{args.file}: no objects")
+    for doc in docs:
+        if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
+            what = f"{doc.get('apiVersion')}/{doc.get('kind')}" if isinstance(doc, dict) else type(doc).__name__
+            return _fail(f"{args.file}: not a {GROUP}/{VERSION} {KIND}: {what} (use kubectl apply for other objects)")
+        if not (doc.get("metadata") or {}).get("name"):
+            return _fail(f"{args.file}: a {KIND} without metadata.name")
+    api = _api(args.kubeconfig)
+    default_ns = _namespace(args)
+    submitted = []
+    for doc in docs:
+        meta = doc["metadata"]
+        ns = args.namespace or meta.get("namespace") or default_ns
+        if args.namespace and meta.get("namespace") and meta["namespace"] != args.namespace:
+            return _fail(f"{meta['name']}: the file says namespace {meta['namespace']}, -n says {args.namespace}")
+        meta["namespace"] = ns
+        try:
+            api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc)
+            verb = "created"
+        except client.ApiException as exc:
+            if exc.status != 409:
+                return _fail(f"{ns}/{meta['name']}: {_api_error(exc)}")
+            try:
+                current = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, meta["name"])
+                meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+                api.replace_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, meta["name"], doc)
+                verb = "configured"
+            except client.ApiException as exc2:
+                return _fail(f"{ns}/{meta['name']}: {_api_error(exc2)}")
+        print(f"rectrainjob.{GROUP}/{meta['name']} {verb} (namespace {ns})")
+        submitted.append((ns, meta["name"]))
+    if args.watch:
+        if len(submitted) != 1:
+            return _fail("--watch needs exactly one job in the file")
+        args.namespace, args.name = submitted[0]
+        return cmd_watch(args)
+    return 0
+
+
+# ------------------------------------------------------------------------------ describe
+
+
+def _age(timestamp) -> str:
+    if timestamp is None:
+        return "-"
+    from datetime import datetime, timezone
+
+    if isinstance(timestamp, str):
+        timestamp = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = max(0, int((datetime.now(timezone.utc) - timestamp).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def describe_text(job: dict, pods: list, events: list) -> str:
+    meta, spec = job["metadata"], job.get("spec") or {}
+    status = job.get("status") or {}
+    progress, metrics = status.get("progress") or {}, status.get("metrics") or {}
+    run_policy = spec.get("runPolicy") or {}
+    lines = [
+        f"Name:         {meta['name']}",
+        f"Namespace:    {meta['namespace']}",
+        f"Image:        {spec.get('image', '-')}",
+        f"Replicas:     {spec.get('replicas', 1)} x {spec.get('gpusPerReplica') or 0} GPU",
+        f"Phase:        {status.get('phase') or 'Pending'}",
+        f"Ready:        {status.get('ready') or '-'}",
+        f"Attempt:      {status.get('attempt', 0)}",
+        f"Restarts:     {status.get('restarts') or 0} (failures {status.get('failures') or 0}"
+        f" of backoffLimit {run_policy.get('backoffLimit', '-')}, preemptions {status.get('preemptions') or 0}"
+        f" of maxPreemptions {run_policy.get('maxPreemptions') if run_policy.get('maxPreemptions') is not None else 'unlimited'})",
+    ]
+    last = status.get("lastFailure")
+    if last:
+        lines.append(f"Last failure: {last.get('cause')} of rank {last.get('rank')}: {last.get('reason')}"
+                     f" (exit {last.get('exitCode', '-')}) {last.get('message') or ''}".rstrip())
+    if progress:
+        pct = progress.get("percent")
+        lines.append(f"Progress:     epoch {progress.get('epoch', 0)}, step {_fmt(progress.get('step'))}/{_fmt(progress.get('totalSteps'))}"
+                     f" ({_fmt(pct, '.1f')}%), loss {_fmt(progress.get('loss'), '.4f')},"
+                     f" {_fmt(progress.get('samplesPerSecond'), ',.0f')} samples/s, eta {_fmt(progress.get('etaSeconds'), '.0f')}s")
+    else:
+        lines.append("Progress:     -")
+    if metrics:
+        lines.append(f"Metrics:      auc {_fmt(metrics.get('auc'), '.4f')}, logloss {_fmt(metrics.get('logloss'), '.4f')}"
+                     f" at step {_fmt(metrics.get('evalStep'))}")
+    for key, label in (("startTime", "Started"), ("firstRunningTime", "Running since"), ("completionTime", "Completed")):
+        if status.get(key):
+            lines.append(f"{label + ':':<14}{status[key]}")
+    lines.append("Conditions:")
+    lines.append(f"  {'TYPE':<11} {'STATUS':<7} {'REASON':<26} MESSAGE")
+    for c in status.get("conditions") or []:
+        lines.append(f"  {c.get('type', ''):<11} {c.get('status', ''):<7} {c.get('reason') or '':<26} {c.get('message') or ''}")
+    lines.append("Pods:")
+    if not pods:
+        lines.append("  <none>")
+    for p in pods:
+        labels = p.metadata.labels or {}
+        lines.append(f"  {p.metadata.name:<32} rank {labels.get(LABEL_RANK, '?'):<4} attempt {labels.get(LABEL_ATTEMPT, '?'):<3}"
+                     f" {p.status.phase or '-':<10} {p.status.pod_ip or ''}")
+    lines.append("Events:")
+    if not events:
+        lines.append("  <none>")
+    for e in events:
+        when = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
+        lines.append(f"  {e.type or '':<8} {e.reason or '':<22} {_age(when):>5} ago  {e.message or ''}")
+    return "\n".join(lines)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    api_client = config.new_client_from_config(config_file=args.kubeconfig)
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    namespace = _namespace(args)
+    try:
+        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+    except client.ApiException as exc:
+        return _fail(f"{namespace}/{args.name}: {_api_error(exc)}", 3)
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB_NAME}={args.name},{LABEL_RANK}").items
+    pods.sort(key=lambda p: (int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0)), int((p.metadata.labels or {}).get(LABEL_RANK, 0))))
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={args.name},involvedObject.kind={KIND}").items
+    events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+    print(describe_text(job, pods, events[-args.events:] if args.events else events))
+    return 0
+
+
+# ------------------------------------------------------------------------------ logs
+
+
+def _kubeconfig_path(args: argparse.Namespace) -> Path | None:
+    raw = args.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
+    return Path(raw) if raw else None
+
+
+def local_node_logs(kubeconfig: Path | None, namespace: str, pod: str) -> Path | None:
+    """On a rectrain-local cluster the node agent keeps each pod's output next to the kubeconfig
+    (<state>/cluster/node/pods/<ns>_<pod>_<uid>/container.log): the newest of that pod's name."""
+    if kubeconfig is None:
+        return None
+    pods_dir = kubeconfig.resolve().parent / "cluster" / "node" / "pods"
+    paths = [p / "container.log" for p in pods_dir.glob(f"{namespace}_{pod}_*") if (p / "container.log").is_file()]
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    api_client = config.new_client_from_config(config_file=args.kubeconfig)
+    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    namespace = _namespace(args)
+    try:
+        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+    except client.ApiException as exc:
+        return _fail(f"{namespace}/{args.name}: {_api_error(exc)}", 3)
+    replicas = (job.get("spec") or {}).get("replicas", 1)
+    if not 0 <= args.rank < replicas:
+        return _fail(f"{args.name} has ranks 0..{replicas - 1}, not {args.rank}", 2)
+    selector = f"{LABEL_JOB_NAME}={args.name},{LABEL_RANK}={args.rank}"
+    if args.attempt is not None:
+        selector += f",{LABEL_ATTEMPT}={args.attempt}"
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    if not pods:
+        return _fail(f"{args.name}: no pod of rank {args.rank}" + (f" attempt {args.attempt}" if args.attempt is not None else "")
+                     + " (not created yet, or deleted after ttlSecondsAfterFinished)")
+    pod = max(pods, key=lambda p: int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0))).metadata.name
+    kwargs = {"tail_lines": args.tail} if args.tail else {}
+    try:
+        text = core.read_namespaced_pod_log(pod, namespace, **kwargs)
+        reason = "the API server returned no log"
+    except client.ApiException as exc:
+        text, reason = None, _api_error(exc)
+    path = None if text else local_node_logs(_kubeconfig_path(args), namespace, pod)
+    if path is None:
+        if text is None:
+            return _fail(f"the cluster cannot serve the log of pod {namespace}/{pod}: {reason}")
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        return 0
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    sys.stdout.write("".join(lines[-args.tail:] if args.tail else lines))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kubectl rectrain", description="Work with RecTrainJobs.")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("-n", "--namespace", default=None)
+    # -n/--kubeconfig also after the subcommand (kubectl style); SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)")
     commands = p.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="RecTrainJobs with phase and progress")
+    submitting = commands.add_parser("submit", parents=[common], help="create (or update) the RecTrainJob(s) in a YAML file")
+    submitting.add_argument("file", help="YAML file ('-': stdin)")
+    submitting.add_argument("--watch", action="store_true", help="then watch the job until it ends")
+    submitting.add_argument("--timeout", type=float, default=0, help="with --watch: give up after this many seconds")
+    submitting.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    submitting.add_argument("--no-bar", action="store_true", help="with --watch: print lines instead of a bar")
+    listing = commands.add_parser("list", parents=[common], help="RecTrainJobs with phase and progress")
     listing.add_argument("-A", "--all-namespaces", action="store_true")
-    watching = commands.add_parser("watch", help="live progress of one job until it ends")
+    watching = commands.add_parser("watch", parents=[common], help="live progress of one job until it ends")
     watching.add_argument("name")
     watching.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
     watching.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     watching.add_argument("--no-bar", action="store_true", help="print a line per phase change instead of a bar")
+    describing = commands.add_parser("describe", parents=[common], help="phase, conditions, restarts vs preemptions, progress, events")
+    describing.add_argument("name")
+    describing.add_argument("--events", type=int, default=20, help="show the last N events (0: all)")
+    logging_ = commands.add_parser("logs", parents=[common], help="output of one rank of the current (or a given) attempt")
+    logging_.add_argument("name")
+    logging_.add_argument("--rank", type=int, default=0)
+    logging_.add_argument("--attempt", type=int, default=None, help="default: the newest attempt")
+    logging_.add_argument("--tail", type=int, default=0, help="last N lines only")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return {"list": cmd_list, "watch": cmd_watch}[args.command](args)
+    commands = {"submit": cmd_submit, "list": cmd_list, "watch": cmd_watch, "describe": cmd_describe, "logs": cmd_logs}
+    try:
+        return commands[args.command](args)
+    except config.ConfigException as exc:
+        return _fail(f"kubeconfig: {exc}")
 
 
 if __name__ == "__main__":
