@@ -380,6 +380,23 @@ class LocalCluster:
         if self.cluster_dir.exists():
             self.save_state(state)
 
+    def restart_component(self, name: str, timeout: float = 60.0) -> ProcessRecord:
+        """Stop one control-plane component (e.g. "kube-apiserver") and start it again with the same
+        argv and ports, leaving every other process (etcd, the node agent, ...) running; waits until
+        it is ready and returns its new ProcessRecord. For chaos tests of a control-plane blip."""
+        state = self.load_state()
+        index = next((i for i, p in enumerate(state.processes) if p.name == name), None)
+        component = next((c for c in self._components(control_plane_build.k8s_cache().bin_dir, state.ports) if c.name == name), None)
+        if index is None or component is None:
+            raise ValueError(f"{name}: not a running control-plane component of {self.state_dir}")
+        stop(state.processes[index])
+        log = self.log_dir / f"{name}.log"
+        record = spawn(name, component.argv, log, env=component.env)
+        state.processes[index] = record
+        self.save_state(state)
+        self._wait(component, record, log, time.monotonic() + timeout)
+        return record
+
     def status(self) -> dict:
         state = self.load_state()
         return {

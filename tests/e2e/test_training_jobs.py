@@ -5,80 +5,14 @@ go through the same paths as on a cloud cluster."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-import yaml
-from rectrain_api import job as api
+from jobs_support import ProgressRecorder, job_manifest, kubectl_apply, trainer
 from support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-TABLES = [1000] * 26
-
-
-def trainer(rows: int, batch: int, *, checkpoint_every: int | None = None, data: dict | None = None) -> dict:
-    section = {
-        "model": {"embeddingDim": 16, "tableSizes": TABLES, "bottomMlp": [32, 16], "topMlp": [32, 16]},
-        "data": data or {"source": "synthetic", "synthetic": {"rows": rows, "evalRows": 4000, "seed": 7}},
-        "training": {"epochs": 1, "batchSize": batch, "precision": "bf16", "backend": "gloo", "device": "cpu",
-                     "seed": 3, "optimizer": {"learningRate": 0.01}},
-        "reporting": {"progressIntervalSeconds": 0.5, "metricsPort": 0, "logEverySteps": 50},
-    }
-    if checkpoint_every:
-        section["checkpoint"] = {"directory": "/checkpoints/run", "everySteps": checkpoint_every, "keep": 2}
-    return section
-
-
-def job_manifest(name: str, trainer_section: dict, *, backoff_limit: int = 1, claim: str | None = None) -> dict:
-    spec: dict = {
-        "image": "ghcr.io/rectrain/rectrain-trainer:test",
-        "replicas": 2,
-        "resources": {"cpu": "500m", "memory": "1Gi"},
-        "trainer": trainer_section,
-        "runPolicy": {"backoffLimit": backoff_limit, "restartBackoff": {"initialSeconds": 0, "maxSeconds": 1}},
-    }
-    if claim:
-        spec["pod"] = {
-            "volumes": [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim}}],
-            "volumeMounts": [{"name": "checkpoints", "mountPath": "/checkpoints"}],
-        }
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
-
-
-def kubectl_apply(kubeconfig: str, namespace: str, *objects: dict) -> None:
-    subprocess.run(
-        ["kubectl", "apply", "-n", namespace, "-f", "-"],
-        input=yaml.safe_dump_all(objects), text=True, check=True, capture_output=True,
-        env={**os.environ, "KUBECONFIG": kubeconfig},
-    )
-
-
-class ProgressRecorder(threading.Thread):
-    """Samples status.progress.step (and the attempt) throughout the job's life."""
-
-    def __init__(self, harness, name: str) -> None:
-        super().__init__(daemon=True)
-        self.harness, self.name = harness, name
-        self.samples: list[tuple[int, int]] = []  # (attempt, step)
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                status = self.harness.status(self.name)
-            except Exception:  # noqa: BLE001 - a blip while polling is not the test's subject
-                status = {}
-            step = (status.get("progress") or {}).get("step")
-            if step is not None and (not self.samples or self.samples[-1] != (status.get("attempt", 0), step)):
-                self.samples.append((status.get("attempt", 0), step))
-            if status.get("phase") in ("Succeeded", "Failed"):
-                return
-            time.sleep(0.2)
 
 
 def test_job_trains_to_succeeded_with_progress(harness, operator, kubeconfig, namespace):
@@ -140,5 +74,6 @@ def test_application_failure_fails_after_backoff_limit(harness, operator, kubeco
     assert (status.get("preemptions") or 0) == 0
     failed = harness.condition("broken", "Failed")
     assert failed and failed["status"] == "True"
-    text = json.dumps(status) + json.dumps(harness.events("broken"))
-    assert "/nonexistent/criteo" in text, f"the trainer's message is not visible: {text[:2000]}"
+    assert "/nonexistent/criteo" in json.dumps(status["lastFailure"]), f"the trainer's message is not in status: {status}"
+    wait_for(lambda: any("/nonexistent/criteo" in message for _, _, message in harness.events("broken")),
+             what="an Event carrying the trainer's message")

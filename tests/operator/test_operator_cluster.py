@@ -75,8 +75,9 @@ def test_app_failure_restarts_gang_and_honours_backoff_limit(harness, operator):
     assert harness.condition("app", "Failed")["reason"] == "BackoffLimitExceeded"
     wait_for(lambda: all(p.status.phase == "Failed" or p.metadata.deletion_timestamp for p in harness.pods("app")) or not harness.pods("app"),
              what="live ranks of a failed job deleted")
-    reasons = [r for _, r, _ in harness.events("app")]
-    assert {"Created", "Running", "ApplicationFailed", "Restarted", "BackoffLimitExceeded"} <= set(reasons)
+    # Events are posted after the status they describe: poll for them.
+    expected = {"Created", "Running", "ApplicationFailed", "Restarted", "BackoffLimitExceeded"}
+    wait_for(lambda: expected <= {r for _, r, _ in harness.events("app")}, what=f"events {sorted(expected)}")
 
 
 def test_three_preemptions_do_not_consume_backoff_limit_and_metrics(harness, operator):
@@ -196,7 +197,8 @@ def test_code_level_invalid_spec(harness, operator):
     st = harness.wait_phase("fp16", "Failed")
     cond = harness.condition("fp16", "Failed")
     assert cond["reason"] == "InvalidSpec" and "spec.trainer.training.precision" in cond["message"]
-    assert any(t == "Warning" and r == "InvalidSpec" for t, r, _ in harness.events("fp16"))
+    wait_for(lambda: any(t == "Warning" and r == "InvalidSpec" for t, r, _ in harness.events("fp16")),
+             what="a Warning Event InvalidSpec")
     time.sleep(1)
     assert harness.pods("fp16") == [] and st.get("restarts", 0) == 0
 

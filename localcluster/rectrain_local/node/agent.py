@@ -359,6 +359,7 @@ class NodeAgent:
         worker = PodWorker(self, pod)
         with self.lock:
             self.workers[uid] = worker
+        log.info("starting pod %s/%s (uid %s)", pod["metadata"]["namespace"], pod["metadata"]["name"], uid)
         worker.start()
 
     def run(self) -> None:
@@ -378,7 +379,10 @@ class NodeAgent:
                     self.core.list_pod_for_all_namespaces,
                     field_selector=selector,
                     resource_version=listing.metadata.resource_version,
-                    timeout_seconds=300,
+                    # A short watch and a relist after it: a dropped or stalled watch costs at most
+                    # this long, never a pod that is never started.
+                    timeout_seconds=30,
+                    _request_timeout=(10, 60),
                     _preload_content=False,
                 )
                 for event in stream:
