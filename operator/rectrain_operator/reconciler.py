@@ -9,6 +9,7 @@ import heapq
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,6 +23,8 @@ log = logging.getLogger("rectrain.reconciler")
 Key = tuple[str, str]  # (namespace, name)
 CHILD_RETRY_SECONDS = 0.25  # transient child errors (e.g. ServiceAccount token not minted yet)
 CHILD_ERROR_RETRY_SECONDS = 5.0  # other child errors (quota, permissions): retried, with an Event each time
+TOKEN_RETRY_SECONDS = 0.05  # a new job's ServiceAccount token is usually minted within tens of milliseconds
+CREATE_CONCURRENCY = 8  # pod creates in flight per job
 
 
 class WorkQueue:
@@ -81,6 +84,12 @@ class WorkQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def _token_pending(exc: ChildError) -> bool:
+    """The API server refused a pod because its ServiceAccount's token is not minted yet."""
+    text = (exc.detail or "").lower()
+    return "token" in text and ("serviceaccount" in text or "service account" in text)
 
 
 def _parse_k8s_time(text: str | None) -> datetime | None:
@@ -180,6 +189,8 @@ class Reconciler:
                     self._count(namespace, decision)
                     return self._reconcile(namespace, name, now, rejected=f"{exc.kind} {exc.name} is invalid: {exc.detail}")
                 retry = CHILD_RETRY_SECONDS if exc.transient else CHILD_ERROR_RETRY_SECONDS
+                if _token_pending(exc):
+                    retry = TOKEN_RETRY_SECONDS
                 if not exc.transient:
                     self.cluster.post_event(job, "Warning", "ChildError", str(exc))
                 requeue = retry if requeue is None else min(requeue, retry)
@@ -196,12 +207,25 @@ class Reconciler:
                 self.cluster.create(obj)
         elif isinstance(action, lifecycle.CreatePods):
             assert spec is not None
+            pods = builders.build_pods(spec, ref, action.attempt, list(action.ranks))
+            if not pods:
+                return
+            # The first create alone: while the job's ServiceAccount has no token yet (a new job) the API
+            # server refuses every pod the same way, so fail fast instead of sending all of them.
+            self.cluster.create(pods[0])
             errors: list[ChildError] = []
-            for pod in builders.build_pods(spec, ref, action.attempt, list(action.ranks)):
+
+            def create(pod: dict[str, Any]) -> None:
                 try:
                     self.cluster.create(pod)
                 except ChildError as exc:
                     errors.append(exc)
+
+            if len(pods) > 1:
+                # The rest concurrently: one request after another leaves the API server idle during
+                # every round trip; a few in flight keep it busy.
+                with ThreadPoolExecutor(min(CREATE_CONCURRENCY, len(pods) - 1), thread_name_prefix="rectrain-create") as pool:
+                    list(pool.map(create, pods[1:]))
             if errors:
                 raise errors[0]
         elif isinstance(action, lifecycle.DeletePods):
