@@ -50,7 +50,10 @@ class ChildError(Exception):
     def transient(self) -> bool:
         """Service-account tokens not minted yet, throttling, conflicts: retry quietly."""
         text = (self.detail or "").lower()
-        return self.status in (409, 429, 500, 503, 504) or "serviceaccount" in text or "service account" in text
+        # A ServiceAccount that does not exist (a typo in spec.pod.serviceAccountName) is no token that is
+        # about to be minted: it gets a Warning Event instead of a quiet retry four times a second.
+        account = ("serviceaccount" in text or "service account" in text) and "not found" not in text
+        return self.status in (409, 429, 500, 503, 504) or account
 
 
 def _pydantic_message(exc: Exception) -> str:

@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     reconciler = Reconciler(cluster, metrics, namespaces=args.namespace, workers=args.workers)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, args.resync_seconds)
+    if args.namespace and not any(c in ns for ns in args.namespace for c in "*?!,"):
+        @kopf.on.startup(registry=registry)
+        def exact_namespaces(settings: kopf.OperatorSettings, **_) -> None:
+            # Exact namespace names need no namespace listing, which least-privilege RBAC (the chart's
+            # per-namespace Roles) does not grant: without this kopf retries a forbidden list for about a
+            # minute, logging errors, before it starts watching the namespaces at all.
+            settings.scanning.disabled = True
     log.info("starting rectrain-operator (metrics port %s)", args.metrics_port or "off")
     try:
         asyncio.run(kopf.operator(

@@ -157,8 +157,9 @@ def iter_criteo_chunks(paths: list[str], malformed: str = "error", chunk: int = 
         size = os.path.getsize(path)
         with _open_text(path) as fh:
             for lineno, line in enumerate(fh, start=1):
-                if line.strip() == "":
-                    # A blank line (often a trailing newline) carries no row.
+                if line.strip("\r\n ") == "":
+                    # A blank line (often a trailing newline) carries no row. A line of tabs is a
+                    # row of empty fields (malformed: no label), never a blank line.
                     continue
                 try:
                     lab, den, cat = parse_criteo_line(line, f"{path}:{lineno}")
