@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from kubernetes import client, watch
@@ -250,3 +251,49 @@ def test_spot_reclaim_and_persistent_volume(k8s_api, namespace, local_cluster):
     core.create_namespaced_pod(namespace, _pod("spot-0-retry", reader, container=mount, **volume))
     wait_for(lambda: _phase(core, namespace, "spot-0-retry") in ("Succeeded", "Failed"), timeout=60, what="the reader")
     assert "found step 1200" in _logs(local_cluster, namespace, "spot-0-retry")
+
+
+def test_volume_above_the_node_runtime_does_not_hide_it(k8s_api, namespace, local_cluster):
+    """An emptyDir over a directory that holds this node's Python environment (say /tmp, when the
+    project was cloned below /tmp) is what a pod sees there, and the pod still runs."""
+    import rectrain_local
+
+    shadowed = Path(rectrain_local.__file__).resolve().parents[2].parent  # the repo root's parent
+    marker = f"rectrain-agent-test-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(k8s_api)
+    script = f"""
+        import os
+        open(os.path.join({str(shadowed)!r}, {marker!r}), "w").write("inside")
+        print("entries", sorted(os.listdir({str(shadowed)!r}))[:5])
+    """
+    core.create_namespaced_pod(namespace, _pod(
+        "shadow", script,
+        container={"volumeMounts": [{"name": "scratch", "mountPath": str(shadowed)}]},
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+    ))
+    wait_for(lambda: _phase(core, namespace, "shadow") in ("Succeeded", "Failed"), timeout=60, what="the pod to finish")
+    assert _phase(core, namespace, "shadow") == "Succeeded", _logs(local_cluster, namespace, "shadow")
+    assert not (shadowed / marker).exists(), "the pod wrote through to the node instead of into its emptyDir"
+
+
+def test_on_failure_restarts_in_place_with_back_off(k8s_api, namespace, local_cluster):
+    """restartPolicy OnFailure/Always restarts the container in the same pod, as a kubelet does, instead
+    of failing the pod (which would make a ReplicaSet replace it at full speed)."""
+    core = client.CoreV1Api(k8s_api)
+    script = """
+        import os, sys
+        runs = "/scratch/runs"
+        count = int(open(runs).read()) + 1 if os.path.exists(runs) else 1
+        open(runs, "w").write(str(count))
+        print("run", count, flush=True)
+        sys.exit(3 if count == 1 else 0)
+    """
+    body = _pod("flaky", script, container={"volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]},
+                volumes=[{"name": "scratch", "emptyDir": {}}])
+    body["spec"]["restartPolicy"] = "OnFailure"
+    core.create_namespaced_pod(namespace, body)
+    wait_for(lambda: _phase(core, namespace, "flaky") == "Succeeded", timeout=60, what="the restarted pod to succeed")
+    container = core.read_namespaced_pod("flaky", namespace).status.container_statuses[0]
+    assert container.restart_count == 1 and container.state.running is None and container.state.terminated.exit_code == 0
+    assert container.last_state.terminated.exit_code == 3
+    assert "run 1" in _logs(local_cluster, namespace, "flaky") and "run 2" in _logs(local_cluster, namespace, "flaky")

@@ -51,6 +51,8 @@ STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 TOKEN_SECONDS = 3600
 STORAGE_CLASS = "rectrain-local"
+RESTART_BACKOFF_SECONDS = 10.0  # a kubelet's container restart back-off: 10 s doubling to 5 min
+MAX_RESTART_BACKOFF_SECONDS = 300.0
 RUNTIME_ROOT = Path("/var/lib/rectrain-local")
 PROVISIONER = "rectrain.io/local-node"
 # Pods reach the API server by the names its serving certificate holds, resolved to the node's bridge
@@ -504,25 +506,53 @@ class PodWorker(threading.Thread):
         agent.refresh_hosts()
         spec_file = self.pod_dir / "launch.json"
         spec_file.write_text(spec.to_json())
-        started_at = now_rfc3339()
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", record.netns, sys.executable, "-m", "rectrain_local.node.launch", str(spec_file)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        start_time = process_start_time(self.process.pid)
-        self.record = ProcessRecord(f"pod:{self.uid}", self.process.pid, start_time or 0)
-        agent.save_records()
-        container_id = f"rectrain-local://{self.uid}/{self.process.pid}"
-        agent._patch_status(pod, running_status(pod, record.ip, agent.network.gateway, started_at, container_id))
-        agent.event(pod, "Started", f"Started container {pod['spec']['containers'][0]['name']} (pid {self.process.pid})")
+        policy = pod["spec"].get("restartPolicy", "Always")
+        restarts = 0
+        last_terminated: dict | None = None
+        while True:
+            started_at = now_rfc3339()
+            with self.log_path.open("ab") as out:
+                self.process = subprocess.Popen(
+                    ["ip", "netns", "exec", record.netns, sys.executable, "-m", "rectrain_local.node.launch", str(spec_file)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                )
+            start_time = process_start_time(self.process.pid)
+            self.record = ProcessRecord(f"pod:{self.uid}", self.process.pid, start_time or 0)
+            agent.save_records()
+            container_id = f"rectrain-local://{self.uid}/{self.process.pid}"
+            running = running_status(pod, record.ip, agent.network.gateway, started_at, container_id)
+            running["containerStatuses"][0]["restartCount"] = restarts
+            if last_terminated:
+                running["containerStatuses"][0]["lastState"] = {"terminated": last_terminated}
+            agent._patch_status(pod, running)
+            agent.event(pod, "Started", f"Started container {pod['spec']['containers'][0]['name']} (pid {self.process.pid})")
 
-        exit_code = self._wait()
-        signal_number = -exit_code if exit_code < 0 else None
-        code = EXIT_CODE_SIGNAL_BASE + signal_number if signal_number else exit_code
-        message = termination_message(pod, code, _tail(self.log_path), None)
-        status = terminated_status(pod, record.ip, agent.network.gateway, started_at, container_id, code, message=message, signal=signal_number)
+            exit_code = self._wait()
+            signal_number = -exit_code if exit_code < 0 else None
+            code = EXIT_CODE_SIGNAL_BASE + signal_number if signal_number else exit_code
+            message = termination_message(pod, code, _tail(self.log_path), None)
+            status = terminated_status(pod, record.ip, agent.network.gateway, started_at, container_id, code, message=message, signal=signal_number)
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if self.shutdown or self.stop_requested.is_set() or not restart:
+                break
+            # As a kubelet does: restart in place with a growing back-off; the pod stays Running.
+            last_terminated = status["containerStatuses"][0]["state"]["terminated"]
+            restarts += 1
+            backoff = min(RESTART_BACKOFF_SECONDS * 2 ** (restarts - 1), MAX_RESTART_BACKOFF_SECONDS)
+            waiting = running_status(pod, record.ip, agent.network.gateway, started_at, container_id)
+            waiting["containerStatuses"][0].update(
+                ready=False, started=False, restartCount=restarts, lastState={"terminated": last_terminated},
+                state={"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {backoff:g}s restarting failed container"},
+                       "running": None, "terminated": None},
+            )
+            agent._patch_status(pod, waiting)
+            agent.event(pod, "BackOff", f"Back-off {backoff:g}s restarting the container (exit code {code})", "Warning")
+            if self.stop_requested.wait(backoff):
+                return
         if not self.shutdown:
+            status["containerStatuses"][0]["restartCount"] = restarts
+            if last_terminated:
+                status["containerStatuses"][0]["lastState"] = {"terminated": last_terminated}
             agent._patch_status(pod, status)
 
     def _wait(self) -> int:

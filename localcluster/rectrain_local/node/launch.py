@@ -25,25 +25,54 @@ def _mount(args: list[str]) -> None:
         raise OSError(f"mount {' '.join(args)}: {result.stderr.strip()}")
 
 
+MS_BIND, MS_REC = 4096, 16384
+
+
+def _bind_fd(fd: int, target: str) -> None:
+    """Bind the directory an O_PATH descriptor holds. mount(8) would canonicalize /proc/self/fd/N back
+    to the (now hidden) path name, so this calls mount(2) directly."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None, MS_BIND | MS_REC, None) != 0:
+        raise OSError(ctypes.get_errno(), f"bind {target} back over its volume: {os.strerror(ctypes.get_errno())}")
+
+
+def runtime_paths() -> list[str]:
+    """What the container's process runs from on this node (no image rootfs here): the project's
+    environment, its base interpreter and, for an editable install, the source tree."""
+    here = Path(__file__).resolve()
+    candidates = {sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent.parent), str(here.parents[3])}
+    return sorted(path for path in candidates if Path(path).is_dir())
+
+
 def apply_mounts(spec: LaunchSpec) -> None:
+    """Mount each volume over its path. A volume mounted above the node's runtime (an emptyDir at /tmp
+    while the environment lives below /tmp) would hide it: those runtime paths are opened first and
+    bound back inside the new mount, as if they were part of the image."""
+    keep = {path: os.open(path, os.O_PATH) for path in runtime_paths()}
     for mount in spec.mounts:
         target = Path(mount.target)
         if mount.source == "tmpfs":
             target.mkdir(parents=True, exist_ok=True)
             options = "mode=1777" + (f",size={_tmpfs_size(mount.tmpfs_size)}" if mount.tmpfs_size else "")
             _mount(["-t", "tmpfs", "-o", options, "tmpfs", str(target)])
-            continue
-        source = Path(mount.source)
-        if not source.exists():
-            source.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
-        _mount(["--bind", str(source), str(target)])
+        else:
+            source = Path(mount.source)
+            if not source.exists():
+                source.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            _mount(["--bind", str(source), str(target)])
+        for path, fd in keep.items():
+            if path.startswith(str(target).rstrip("/") + "/"):
+                Path(path).mkdir(parents=True, exist_ok=True)
+                _bind_fd(fd, path)
         if mount.read_only:
             _mount(["-o", "remount,bind,ro", str(target)])
+    for fd in keep.values():
+        os.close(fd)
 
 
 def _tmpfs_size(quantity: str) -> str:

@@ -295,7 +295,8 @@ def running_status(pod: dict, pod_ip: str, host_ip: str, started_at: str, contai
                 "ready": True,
                 "started": True,
                 "restartCount": 0,
-                "state": {"running": {"startedAt": started_at}},
+                # Explicit nulls: status is strategic-merge-patched, and a container is in one state only.
+                "state": {"running": {"startedAt": started_at}, "terminated": None, "waiting": None},
             }
         ],
     }
@@ -346,7 +347,7 @@ def terminated_status(
                 "ready": False,
                 "started": False,
                 "restartCount": 0,
-                "state": {"terminated": terminated},
+                "state": {"terminated": terminated, "running": None, "waiting": None},
             }
         ],
     }
