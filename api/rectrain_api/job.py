@@ -177,7 +177,7 @@ class PodOverrides(_Model):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     securityContext: AnyObject | None = Field(
         None,
-        description="Pod securityContext replacing the restricted default (runAsNonRoot, runAsUser 1000, seccomp RuntimeDefault).",
+        description="Pod securityContext fields merged over the restricted default (runAsNonRoot, runAsUser 1000, seccomp RuntimeDefault): a field given here overrides that field only.",
     )
 
 

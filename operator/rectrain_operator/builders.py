@@ -376,7 +376,8 @@ def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int) -
         "serviceAccountName": spec.pod.serviceAccountName or trainer_account_name(ref),
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": shm}] + [dict(v) for v in spec.pod.volumes],
-        "securityContext": dict(spec.pod.securityContext) if spec.pod.securityContext is not None else dict(DEFAULT_POD_SECURITY),
+        # Merged, not replaced: adding fsGroup must not silently drop runAsNonRoot or seccomp.
+        "securityContext": {**DEFAULT_POD_SECURITY, **(spec.pod.securityContext or {})},
         "terminationGracePeriodSeconds": 30,
     }
     tolerations = _tolerations(spec)

@@ -173,3 +173,13 @@ def test_parse_quantity():
     assert builders.parse_quantity("500m") == builders.parse_quantity("0.5")
     assert builders.parse_quantity("1Gi") == 2**30
     assert builders.parse_quantity("x") is None
+
+
+def test_pod_security_context_is_merged_over_the_restricted_default():
+    ref = builders.JobRef("merge", "ml", "uid-1")
+    pod = builders.build_pods(spec(pod={"securityContext": {"fsGroup": 2000}}), ref, 0, [0])[0]
+    security = pod["spec"]["securityContext"]
+    assert security["fsGroup"] == 2000
+    assert security["runAsNonRoot"] is True and security["seccompProfile"] == {"type": "RuntimeDefault"}
+    overridden = builders.build_pods(spec(pod={"securityContext": {"runAsUser": 2000}}), ref, 0, [0])[0]
+    assert overridden["spec"]["securityContext"]["runAsUser"] == 2000
