@@ -28,12 +28,14 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import trainer_bench  # noqa: E402 - its process runner and our trainer's measurement
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench-venv" / "torchrec"
@@ -116,12 +118,6 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_torchrec() -> str | None:
     """None when TorchRec imports in the bench venv; else the reason it is skipped."""
     probe = [str(VPY), "-c", "import torchrec, fbgemm_gpu, torch; print(torch.__version__, torchrec.__version__)"]
@@ -144,33 +140,21 @@ def run_torchrec(args, precision: str, ranks: int) -> tuple[float | None, str]:
     cfg = json.dumps({"dim": 16, "rows": args.table_rows, "batch": args.batch, "lr": 0.01, "precision": precision,
                       "steps": args.steps, "warmup": args.warmup})
     threads = max(1, (os.cpu_count() or 1) // ranks)
-    port = free_port()
-    procs = []
+    port = trainer_bench.free_port()
+    envs = []
     for r in range(ranks):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         env.pop("PYTHONPATH", None)
-        procs.append(subprocess.Popen([str(VPY), "-c", WORKER, cfg], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=args.timeout))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if any(p.returncode for p in procs):
-        err = [line for line in outs[0][1].strip().splitlines() if line.strip()]
-        return None, (err[-1] if err else f"exit {procs[0].returncode}")[:160]
+        envs.append(env)
+    outs, error = trainer_bench.run_ranks([str(VPY), "-c", WORKER, cfg], envs, args.timeout)
+    if error:
+        return None, error[:160]
     plan = next((line[6:] for line in outs[0][1].splitlines() if line.startswith("plan: ")), "?")
     return json.loads(outs[0][0].strip().splitlines()[-1])["samples_per_s"], f"sharding {plan}"
 
 
 def run_ours(args, precision: str, ranks: int) -> tuple[float | None, str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import trainer_bench
-
     targs = argparse.Namespace(steps=args.steps + args.warmup, log_every=args.log_every, batch=args.batch,
                                table_rows=args.table_rows, mlp="small", timeout=args.timeout)
     return trainer_bench.run(targs, precision, "cpu", ranks)

@@ -49,29 +49,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args, precision: str, device: str, ranks: int) -> tuple[float | None, str]:
-    cfg = json.dumps(config(args, precision, device, ranks))
-    threads = max(1, (os.cpu_count() or 1) // ranks) if device == "cpu" else 1
-    port = free_port()
-    procs = []
-    for r in range(ranks):
-        env = dict(os.environ, RECTRAIN_TRAINER_CONFIG=cfg, OMP_NUM_THREADS=str(threads))
-        if ranks > 1:
-            env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "rectrain_trainer.cli", "--progress", "off"], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+def run_ranks(argv: list[str], envs: list[dict[str, str]], timeout: float) -> tuple[list[tuple[str, str]], str | None]:
+    """One process per rank (one env each); their (stdout, stderr), and rank 0's last error line when any
+    failed. Processes still running at the timeout are killed."""
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in envs]
     outs = []
     try:
         for p in procs:
-            outs.append(p.communicate(timeout=args.timeout))
+            outs.append(p.communicate(timeout=timeout))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
     if any(p.returncode for p in procs):
-        err = outs[0][1].strip().splitlines()
-        return None, (err[-1] if err else f"exit {procs[0].returncode}")[:80]
+        err = [line for line in outs[0][1].strip().splitlines() if line.strip()]
+        return outs, err[-1] if err else f"exit {procs[0].returncode}"
+    return outs, None
+
+
+def run(args, precision: str, device: str, ranks: int) -> tuple[float | None, str]:
+    cfg = json.dumps(config(args, precision, device, ranks))
+    threads = max(1, (os.cpu_count() or 1) // ranks) if device == "cpu" else 1
+    port = free_port()
+    envs = []
+    for r in range(ranks):
+        env = dict(os.environ, RECTRAIN_TRAINER_CONFIG=cfg, OMP_NUM_THREADS=str(threads))
+        if ranks > 1:
+            env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        envs.append(env)
+    outs, error = run_ranks([sys.executable, "-m", "rectrain_trainer.cli", "--progress", "off"], envs, args.timeout)
+    if error:
+        return None, error[:80]
     rates = [int(m.group(3)) for m in LINE.finditer(outs[0][1])]
     windows = rates[1:] or rates  # drop the warm-up window
     return (statistics.median(windows) if windows else None), f"{threads} thread(s)/rank"

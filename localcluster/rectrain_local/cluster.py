@@ -88,7 +88,6 @@ class Component:
     argv: list[str]
     ready: Callable[[], bool]
     ready_timeout: float = 60.0
-    env: dict[str, str] | None = None
 
 
 class LocalCluster:
@@ -391,7 +390,7 @@ class LocalCluster:
             raise ValueError(f"{name}: not a running control-plane component of {self.state_dir}")
         stop(state.processes[index])
         log = self.log_dir / f"{name}.log"
-        record = spawn(name, component.argv, log, env=component.env)
+        record = spawn(name, component.argv, log)
         state.processes[index] = record
         self.save_state(state)
         self._wait(component, record, log, time.monotonic() + timeout)

@@ -106,7 +106,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             last_phase = phase
             if phase in FINISHED:
                 bar.close()
-                print(summary_line(job))
+                if not plain:  # plain mode printed this line on the phase change just now
+                    print(summary_line(job))
                 for condition in status.get("conditions") or []:
                     if condition.get("type") == phase and condition.get("message"):
                         print(f"  {condition.get('reason')}: {condition['message']}")
@@ -257,14 +258,22 @@ def describe_text(job: dict, pods: list, events: list) -> str:
     return "\n".join(lines)
 
 
-def cmd_describe(args: argparse.Namespace) -> int:
+def _read_job(args: argparse.Namespace) -> tuple[client.CoreV1Api, str, dict | None]:
+    """The core API, the namespace and the named job; None (after saying why) when it cannot be read."""
     api_client = config.new_client_from_config(config_file=args.kubeconfig)
-    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     namespace = _namespace(args)
     try:
-        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+        job = client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
     except client.ApiException as exc:
-        return _fail(f"{namespace}/{args.name}: {_api_error(exc)}", 3)
+        _fail(f"{namespace}/{args.name}: {_api_error(exc)}", 3)
+        job = None
+    return client.CoreV1Api(api_client), namespace, job
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    core, namespace, job = _read_job(args)
+    if job is None:
+        return 3
     pods = core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB_NAME}={args.name},{LABEL_RANK}").items
     pods.sort(key=lambda p: (int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0)), int((p.metadata.labels or {}).get(LABEL_RANK, 0))))
     events = core.list_namespaced_event(
@@ -293,13 +302,9 @@ def local_node_logs(kubeconfig: Path | None, namespace: str, pod: str) -> Path |
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    api_client = config.new_client_from_config(config_file=args.kubeconfig)
-    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
-    namespace = _namespace(args)
-    try:
-        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
-    except client.ApiException as exc:
-        return _fail(f"{namespace}/{args.name}: {_api_error(exc)}", 3)
+    core, namespace, job = _read_job(args)
+    if job is None:
+        return 3
     replicas = (job.get("spec") or {}).get("replicas", 1)
     if not 0 <= args.rank < replicas:
         return _fail(f"{args.name} has ranks 0..{replicas - 1}, not {args.rank}", 2)
