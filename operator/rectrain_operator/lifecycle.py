@@ -62,6 +62,7 @@ class PodView:
     disruption: str | None = None  # reason of a DisruptionTarget=True condition
     waiting_reason: str | None = None  # trainer container's waiting reason (e.g. InvalidImageName)
     deleted_at: datetime | None = None  # metadata.deletionTimestamp (when the grace period ends)
+    started_at: datetime | None = None  # when the trainer container started (running or terminated state)
 
 
 def pod_view(pod: dict[str, Any]) -> PodView | None:
@@ -74,11 +75,13 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
     except (KeyError, ValueError):
         return None
     status = pod.get("status") or {}
-    exit_code = container_reason = container_message = waiting_reason = None
+    exit_code = container_reason = container_message = waiting_reason = started_at = None
     statuses = status.get("containerStatuses") or []
     statuses = sorted(statuses, key=lambda c: c.get("name") != builders.CONTAINER_NAME)
     for c in statuses:
-        term = (c.get("state") or {}).get("terminated") or (c.get("lastState") or {}).get("terminated")
+        state = c.get("state") or {}
+        started_at = started_at or _parse_rfc3339((state.get("running") or state.get("terminated") or {}).get("startedAt"))
+        term = state.get("terminated") or (c.get("lastState") or {}).get("terminated")
         if term:
             exit_code = term.get("exitCode")
             container_reason = term.get("reason")
@@ -104,6 +107,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         disruption=disruption,
         waiting_reason=waiting_reason,
         deleted_at=parse_time(meta.get("deletionTimestamp")),
+        started_at=started_at,
     )
 
 
@@ -180,6 +184,16 @@ def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def _parse_rfc3339(text: str | None) -> datetime | None:
+    """A kubelet timestamp (second precision or finer); None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def set_condition(
@@ -383,6 +397,9 @@ def _decide(obs: Observation, st: dict[str, Any]) -> Decision:
     succeeded = sum(1 for p in current if p.phase == "Succeeded")
     running = sum(1 for p in current if p.phase == "Running")
     if len(current) == n and succeeded == n:
+        if not st.get("firstRunningTime"):
+            # The whole gang ran and finished between two looks: the ranks' own start times say when.
+            _first_running(d, st, obs, max((p.started_at or now for p in current), default=now), now)
         st.update(phase="Succeeded", completionTime=fmt_time(now))
         st["conditions"] = set_condition(st["conditions"], "Running", False, "Succeeded", "all ranks finished", now)
         st["conditions"] = set_condition(st["conditions"], "Succeeded", True, "AllRanksSucceeded", f"all {n} ranks exited 0", now)
@@ -399,11 +416,18 @@ def _decide(obs: Observation, st: dict[str, Any]) -> Decision:
                 if condition(st["conditions"], "Restarting") else st["conditions"]
             d.actions.append(Event("Normal", "Running", f"all {n} ranks running (attempt {attempt})"))
             if not st.get("firstRunningTime"):
-                st["firstRunningTime"] = fmt_time(now)
-                if obs.created is not None:
-                    d.time_to_running = max(0.0, (now - obs.created).total_seconds())
+                _first_running(d, st, obs, now, now)
     _deadline_requeue(d, spec, st, now)
     return d
+
+
+def _first_running(d: Decision, st: dict[str, Any], obs: Observation, when: datetime, now: datetime) -> None:
+    """Record the moment all ranks first ran (never before the job became active, never in the future)."""
+    start = parse_time(st.get("startTime")) or obs.created
+    when = min(max(when, start), now) if start is not None else min(when, now)
+    st["firstRunningTime"] = fmt_time(when)
+    if obs.created is not None:
+        d.time_to_running = max(0.0, (when - obs.created).total_seconds())
 
 
 def _short(exc: Exception) -> str:

@@ -61,6 +61,36 @@ def test_pending_recreates_missing_and_running_when_all_run():
     assert d.status is None and d.actions == []  # steady state writes nothing
 
 
+def test_gang_that_ran_and_finished_between_looks_gets_first_running_time_from_the_pods():
+    _, st = step(obs())
+    started = [T0 + timedelta(seconds=4), T0 + timedelta(seconds=6)]
+    done = [pod(r, "Succeeded", started_at=started[r]) for r in (0, 1)]
+    d, st2 = step(obs(st, done, now=T0 + timedelta(seconds=20)))
+    assert st2["phase"] == "Succeeded"
+    assert st2["firstRunningTime"] == lc.fmt_time(started[1]) and d.time_to_running == 6.0
+    assert lc.parse_time(st2["startTime"]) <= lc.parse_time(st2["firstRunningTime"]) <= lc.parse_time(st2["completionTime"])
+
+
+def test_first_running_time_is_clamped_to_the_job_and_kept_once_set():
+    _, st = step(obs())
+    skewed = [pod(r, "Succeeded", started_at=T0 - timedelta(hours=1)) for r in (0, 1)]  # a node's clock behind
+    d, st2 = step(obs(st, skewed, now=T0 + timedelta(seconds=5)))
+    assert st2["firstRunningTime"] == st2["startTime"] and d.time_to_running == 0.0
+    st_run = running()
+    d, st3 = step(obs(st_run, [pod(r, "Succeeded", started_at=T0 + timedelta(minutes=5)) for r in (0, 1)],
+                      now=T0 + timedelta(minutes=9)))
+    assert st3["firstRunningTime"] == st_run["firstRunningTime"] and d.time_to_running is None
+
+
+def test_pod_view_reads_the_trainer_start_time():
+    manifest = {"metadata": {"name": "j-0-a0", "labels": {lc.api.LABEL_RANK: "0", lc.api.LABEL_ATTEMPT: "0"}},
+                "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                    "exitCode": 0, "startedAt": "2026-01-01T00:00:07Z", "finishedAt": "2026-01-01T00:00:09Z"}}}]}}
+    assert lc.pod_view(manifest).started_at == T0 + timedelta(seconds=7)
+    manifest["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    assert lc.pod_view(manifest).started_at is None
+
+
 def running(**spec):
     _, st = step(obs(**spec))
     _, st = step(obs(st, [pod(0), pod(1)], **spec))
