@@ -17,7 +17,7 @@ log = logging.getLogger("rectrain.cluster")
 
 
 def load_client() -> client.ApiClient:
-    """KUBECONFIG (or ~/.kube/config) when present, else the in-cluster service account."""
+    """The in-cluster service account when running in a pod, else KUBECONFIG (or ~/.kube/config)."""
     try:
         config.load_incluster_config()
         cfg = client.Configuration.get_default_copy()

@@ -11,11 +11,14 @@ import kopf
 from rectrain_api import job as api
 
 from rectrain_operator.reconciler import Reconciler
+from rectrain_operator.standby import Standby
 
 log = logging.getLogger("rectrain.handlers")
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float) -> None:
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float,
+             standby: Standby | None = None) -> None:
+    """`standby` (with --peering): the reconciler's gate; see standby.py for why kopf's pause is not enough."""
     stop = threading.Event()
 
     @kopf.on.startup(registry=registry)
@@ -24,6 +27,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_sec
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         reconciler.start()
+        if standby is not None:
+            standby.start()
 
         def resync_loop() -> None:
             while not stop.is_set():
@@ -38,12 +43,16 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_sec
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # KUBECONFIG (or ~/.kube/config), else the in-cluster service account.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        # The same source as cluster.load_client (the in-cluster service account, else KUBECONFIG), read by
+        # the kubernetes client: it honours KUBERNETES_SERVICE_HOST/PORT, where kopf's own service-account
+        # login always dials https://kubernetes.default.svc:443.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: Any) -> None:
         stop.set()
+        if standby is not None:
+            standby.stop()
         reconciler.stop()
 
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)

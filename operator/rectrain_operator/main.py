@@ -1,4 +1,5 @@
-"""`rectrain-operator`: the RecTrainJob operator process (kopf, standalone, one replica)."""
+"""`rectrain-operator`: the RecTrainJob operator process (kopf; standalone, or with kopf peering
+so that further replicas stand by: see standby.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rectrain_operator.cluster import Cluster, load_client
 from rectrain_operator.handlers import register
 from rectrain_operator.metrics import Metrics
 from rectrain_operator.reconciler import Reconciler
+from rectrain_operator.standby import KOPF_DEFAULT_LIFETIME, Standby, own_identity
 
 log = logging.getLogger("rectrain.main")
 
@@ -29,7 +31,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="reconcile worker threads")
     p.add_argument("--log-format", choices=["json", "plain", "full"], default="json")
     p.add_argument("--verbose", action="store_true", help="also log kopf's own messages")
-    return p.parse_args(argv)
+    p.add_argument("--peering", metavar="NAME", default=None,
+                   help="kopf peering object name (a ClusterKopfPeering when watching all namespaces, else a "
+                        "KopfPeering in each watched namespace); only the live replica with the highest priority "
+                        "acts, the others stand by. Default: none (standalone)")
+    p.add_argument("--priority", type=int, default=0, help="kopf peering priority (with --peering)")
+    p.add_argument("--peering-lifetime", type=int, default=KOPF_DEFAULT_LIFETIME, metavar="SECONDS",
+                   help="seconds a replica counts as alive after its last keep-alive; a standby takes over this "
+                        "long after the active replica died (with --peering; kopf's default)")
+    args = p.parse_args(argv)
+    if args.peering is not None:
+        if not args.peering:
+            p.error("--peering needs a name")
+        if any(c in ns for ns in args.namespace for c in "*?!,"):
+            p.error("--peering needs exact --namespace names (no patterns): a KopfPeering lives in each")
+        if args.peering_lifetime < 1:
+            p.error("--peering-lifetime must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
-    cluster = Cluster(load_client())
-    reconciler = Reconciler(cluster, metrics, namespaces=args.namespace, workers=args.workers)
+    api_client = load_client()
+    cluster = Cluster(api_client)
+    settings = kopf.OperatorSettings()
+    identity = own_identity()
+    standby = None
+    if args.peering:
+        settings.peering.lifetime = args.peering_lifetime
+        # The gate opens only when the peering allows this replica to act (standby.py says why kopf's own
+        # pause does not stop our worker and resync threads); becoming active relists every job at once.
+        standby = Standby(api_client, args.peering, args.priority, identity, args.namespace,
+                          on_active=lambda: reconciler.resync(), metrics_registry=metrics.registry)
+    reconciler = Reconciler(cluster, metrics, namespaces=args.namespace, workers=args.workers,
+                            gate=standby.active if standby else None)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, args.resync_seconds)
+    register(registry, reconciler, args.resync_seconds, standby)
     if args.namespace and not any(c in ns for ns in args.namespace for c in "*?!,"):
         @kopf.on.startup(registry=registry)
         def exact_namespaces(settings: kopf.OperatorSettings, **_) -> None:
@@ -51,11 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             # per-namespace Roles) does not grant: without this kopf retries a forbidden list for about a
             # minute, logging errors, before it starts watching the namespaces at all.
             settings.scanning.disabled = True
-    log.info("starting rectrain-operator (metrics port %s)", args.metrics_port or "off")
+    log.info("starting rectrain-operator (metrics port %s, %s)", args.metrics_port or "off",
+             f"peering {args.peering!r} priority {args.priority}" if args.peering else "standalone")
     try:
         asyncio.run(kopf.operator(
             registry=registry,
-            standalone=True,
+            settings=settings,
+            identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+            standalone=not args.peering,
+            peering_name=args.peering or None,
+            priority=args.priority,
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness_endpoint or None,

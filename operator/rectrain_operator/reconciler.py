@@ -99,12 +99,15 @@ def _parse_k8s_time(text: str | None) -> datetime | None:
 
 
 class Reconciler:
-    def __init__(self, cluster: Cluster, metrics: Metrics, namespaces: list[str] | None = None, workers: int = 2):
+    def __init__(self, cluster: Cluster, metrics: Metrics, namespaces: list[str] | None = None, workers: int = 2,
+                 gate: threading.Event | None = None):
         self.cluster = cluster
         self.metrics = metrics
         self.namespaces = namespaces or None
         self.queue = WorkQueue()
         self.workers = workers
+        # Set while this replica may act (standby.Standby.active, with --peering); None: always.
+        self.gate = gate
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------ loop
@@ -121,8 +124,13 @@ class Reconciler:
     def enqueue(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.queue.add((namespace, name), delay)
 
+    def active(self) -> bool:
+        return self.gate is None or self.gate.is_set()
+
     def resync(self) -> None:
-        """List every job in scope: requeue it and refresh the by-phase gauge."""
+        """List every job in scope: requeue it and refresh the by-phase gauge (nothing while standing by)."""
+        if not self.active():
+            return
         jobs = self.cluster.list_jobs(self.namespaces)
         self.metrics.set_phases(jobs)
         for j in jobs:
@@ -130,9 +138,17 @@ class Reconciler:
 
     def _work(self) -> None:
         while True:
+            while not self.active():  # standing by (peering): touch nothing, keep the keys
+                if self.queue._closed:
+                    return
+                self.gate.wait(0.5)
             key = self.queue.get()
             if key is None:
                 return
+            if not self.active():  # paused while waiting for a key: put it back
+                self.queue.done(key)
+                self.queue.add(key)
+                continue
             try:
                 again = self.reconcile(*key)
             except Exception:

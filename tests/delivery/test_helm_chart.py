@@ -23,6 +23,10 @@ EXPECTED_RULES = {
     ("", "events"): {"create"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+# kopf peering (on by default): list+watch the peering object(s) and patch keep-alives into them.
+CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"}}
+NS_PEERING_RULES = {("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"}}
+PEERING_KINDS = ("ClusterKopfPeering", "KopfPeering")  # kopf.dev custom kinds: kubernetes-validate has no schema
 
 CUSTOM_VALUES = {
     "image": {"repository": "registry.example.com/ml/rectrain-operator", "tag": "9.9.9", "pullPolicy": "Always"},
@@ -99,7 +103,8 @@ def test_helm_lint_strict(tmp_path, values):
 @pytest.mark.parametrize("values", [None, CUSTOM_VALUES], ids=["default", "custom"])
 def test_rendered_manifests_pass_kubernetes_validate_strict(tmp_path, values):
     docs = render(tmp_path, values)
-    known = [d for d in docs if d["kind"] != "ServiceMonitor"]  # not a core kind: no schema to check it by
+    known = [d for d in docs if d["kind"] not in ("ServiceMonitor", *PEERING_KINDS)]  # not core kinds: no schema to check them by
+    assert len(known) < len(docs)
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(known))
     # 1.25 is the oldest schema set kubernetes-validate ships; every kind here is unchanged since 1.20.
@@ -111,8 +116,8 @@ def test_rendered_manifests_pass_kubernetes_validate_strict(tmp_path, values):
 def test_default_render(tmp_path):
     docs = render(tmp_path)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                     "Deployment", "Service", "ServiceAccount"]
+    assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                     "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
     (dep,) = by_kind(docs, "Deployment")
     spec = dep["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
@@ -122,6 +127,16 @@ def test_default_render(tmp_path):
     assert "command" not in c  # the image's ENTRYPOINT runs rectrain-operator
     assert "--metrics-port=8080" in c["args"] and "--liveness-endpoint=http://0.0.0.0:8081/healthz" in c["args"]
     assert not any(a.startswith("--namespace") for a in c["args"])  # all namespaces
+    # Peering: a ClusterKopfPeering named after the release (all namespaces), created by the chart.
+    assert {"--peering=rel-rectrain-operator", "--priority=0", "--peering-lifetime=60"} <= set(c["args"])
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
+    (peering,) = by_kind(docs, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "rel-rectrain-operator"
+    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    assert sorted(crds) == ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
+    assert crds["clusterkopfpeerings.kopf.dev"]["spec"]["scope"] == "Cluster"
+    assert crds["kopfpeerings.kopf.dev"]["spec"]["scope"] == "Namespaced"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "healthz": 8081}
     sc, psc = c["securityContext"], pod["securityContext"]
@@ -133,7 +148,7 @@ def test_default_render(tmp_path):
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     roles = {r["metadata"]["name"]: rules_of(r) for r in by_kind(docs, "ClusterRole")}
-    assert roles == {"rectrain-system-rel-rectrain-operator": EXPECTED_RULES,
+    assert roles == {"rectrain-system-rel-rectrain-operator": {**EXPECTED_RULES, **CLUSTER_PEERING_RULES},
                      "rectrain-system-rel-rectrain-operator-crds": CRD_RULES}
     for binding in by_kind(docs, "ClusterRoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-rectrain-operator", "namespace": "rectrain-system"}]
@@ -158,13 +173,32 @@ def test_custom_render(tmp_path):
     # Namespaced RBAC: one Role + RoleBinding per watched namespace, only the CRD ClusterRole stays.
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert all(rules_of(r) == EXPECTED_RULES for r in roles)
+    assert all(rules_of(r) == {**EXPECTED_RULES, **NS_PEERING_RULES} for r in roles)
+    # Peering: a KopfPeering in each watched namespace, no ClusterKopfPeering.
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    assert not by_kind(docs, "ClusterKopfPeering")
     assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     assert [rules_of(r) for r in by_kind(docs, "ClusterRole")] == [CRD_RULES]
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "prom"
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_peering_values(tmp_path):
+    docs = render(tmp_path, {"peering": {"name": "rectrain-ha", "priority": 100, "lifetime": 20, "installCRDs": False}})
+    (c,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert {"--peering=rectrain-ha", "--priority=100", "--peering-lifetime=20"} <= set(c["args"])
+    assert [p["metadata"]["name"] for p in by_kind(docs, "ClusterKopfPeering")] == ["rectrain-ha"]
+    assert not by_kind(docs, "CustomResourceDefinition")
+    # Disabled: standalone as before -- no flags, objects, CRDs or rights for peering.
+    docs = render(tmp_path, {"peering": {"enabled": False}})
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith(("--peering", "--priority")) for a in c["args"])
+    assert not any(e["name"] == "POD_ID" for e in c["env"])
+    assert not [d for d in docs if d["kind"] in (*PEERING_KINDS, "CustomResourceDefinition")]
+    assert {r["metadata"]["name"]: rules_of(r) for r in by_kind(docs, "ClusterRole")}["rectrain-system-rel-rectrain-operator"] == EXPECTED_RULES
 
 
 BAD_VALUES = [
@@ -176,6 +210,8 @@ BAD_VALUES = [
     ({"replicaCount": 2}, "Additional property replicaCount is not allowed"),
     ({"extraArgs": ["verbose"]}, "extraArgs.0: Does not match pattern"),
     ({"operator": {"logFormat": "xml"}}, "operator.logFormat must be one of the following"),
+    ({"peering": {"priority": "high"}}, "peering.priority: Invalid type"),
+    ({"peering": {"lifetime": 0}}, "peering.lifetime: Must be greater than or equal to 1"),
 ]
 
 
@@ -232,13 +268,18 @@ def test_clusterwide_install_grants_least_privilege(kubeconfig, namespace, k8s_a
         rbac = client.RbacAuthorizationV1Api(k8s_api)
         name = f"{namespace}-{release}-rectrain-operator"
         role = rbac.read_cluster_role(name)
-        assert rules_of(k8s_api.sanitize_for_serialization(role)) == EXPECTED_RULES
+        assert rules_of(k8s_api.sanitize_for_serialization(role)) == {**EXPECTED_RULES, **CLUSTER_PEERING_RULES}
+        # The peering CRDs (when missing) and the ClusterKopfPeering come from the chart's hooks.
+        assert client.CustomObjectsApi(k8s_api).get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", f"{release}-rectrain-operator")
         assert rbac.read_cluster_role_binding(name).subjects[0].namespace == namespace
         sa = f"system:serviceaccount:{namespace}:{release}-rectrain-operator"
         for verb, resource in [("create", "pods"), ("watch", "rectrainjobs.rectrain.io"), ("patch", "rectrainjobs.rectrain.io/status"),
                                ("create", "roles.rbac.authorization.k8s.io"), ("create", "events")]:
             assert can_i(kubeconfig, verb, resource, None, sa), (verb, resource)
-        for verb, resource in [("create", "deployments.apps"), ("get", "secrets"), ("patch", "pods"),
+        assert can_i(kubeconfig, "patch", "clusterkopfpeerings.kopf.dev", None, sa)
+        for verb, resource in [("create", "clusterkopfpeerings.kopf.dev"), ("delete", "clusterkopfpeerings.kopf.dev"),
+                               ("create", "deployments.apps"), ("get", "secrets"), ("patch", "pods"),
                                ("delete", "rectrainjobs.rectrain.io"), ("update", "rectrainjobs.rectrain.io/status"),
                                ("patch", "rectrainjobs.rectrain.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
                                ("escalate", "roles.rbac.authorization.k8s.io"), ("bind", "roles.rbac.authorization.k8s.io")]:
@@ -247,6 +288,13 @@ def test_clusterwide_install_grants_least_privilege(kubeconfig, namespace, k8s_a
         assert dep.spec.strategy.type == "Recreate" and dep.spec.replicas == 1
     finally:
         helm("uninstall", release, "-n", namespace, kubeconfig=kubeconfig)
+        # Hooks outlive the release (documented): clean up the cluster-scoped peering object.
+        try:
+            client.CustomObjectsApi(k8s_api).delete_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", f"{release}-rectrain-operator")
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
     with pytest.raises(client.ApiException) as err:
         client.RbacAuthorizationV1Api(k8s_api).read_cluster_role(f"{namespace}-{release}-rectrain-operator")
     assert err.value.status == 404

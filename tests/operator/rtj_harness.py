@@ -57,8 +57,9 @@ def install_crd(api_client: client.ApiClient) -> None:
 class Operator:
     """`rectrain-operator` in a subprocess, stopped by PID."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log_path: Path):
+    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, extra_args: list[str] | None = None):
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
+        self.extra_args = list(extra_args or [])
         self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -69,7 +70,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [str(OPERATOR_BIN), "--namespace", self.namespace, "--metrics-port", str(self.metrics_port),
              "--metrics-address", "127.0.0.1", "--liveness-endpoint", f"http://127.0.0.1:{live}/healthz",
-             "--resync-seconds", "5", "--workers", "2"],
+             "--resync-seconds", "5", "--workers", "2", *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

@@ -68,3 +68,21 @@ rectrainjobs/status, which RBAC only allows a holder of those rights to grant.
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The kopf peering object's name (--peering): peering.name, else the release's full name. */}}
+{{- define "rectrain-operator.peeringName" -}}
+{{- default (include "rectrain-operator.fullname" .) .Values.peering.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+What kopf's peering does with the peering objects (kopf 1.45 _core/engines/peering.py, _cogs/clients):
+list+watch them (the operator's standby.py follows them with the same verbs) and merge-patch its
+keep-alive into their status (no status subresource). No create: the chart creates them.
+*/}}
+{{- define "rectrain-operator.peeringRules" -}}
+{{- if .root.Values.peering.enabled }}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ .resource | quote }}]
+  verbs: ["list", "watch", "patch"]
+{{- end }}
+{{- end }}
