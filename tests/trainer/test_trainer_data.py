@@ -159,3 +159,17 @@ def test_synthetic_is_planted_and_reproducible():
     # the labels really follow the planted model: its calibrated probabilities match the base rate
     p = 1 / (1 + np.exp(-pm.logit(a_tr)))
     assert abs(p.mean() - a_tr.label.mean()) < 0.02
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fast_and_reference_parsers_read_the_same_rows(tmp_path, gz):
+    lines = [row("1"), GOOD_EMPTY, "1\tbad\n", "\n", row("0", dense=["q"] * 13), row("1").replace("\n", "\r\n")]
+    p = write_tsv(tmp_path / ("x.gz" if gz else "x.txt"), lines, gz=gz)
+    fast = D.read_criteo_tsv([p], malformed="skip")
+    ref = D.read_criteo_tsv([p], malformed="skip", parser="reference")
+    assert (len(fast), fast.rows_skipped) == (3, 2) == (len(ref), ref.rows_skipped)
+    assert np.array_equal(fast.label, ref.label) and np.array_equal(fast.cat, ref.cat)
+    assert np.array_equal(fast.dense.view(np.uint32), ref.dense.view(np.uint32))
+    for parser in ("fast", "reference"):
+        with pytest.raises(D.MalformedRowError, match=rf"^{p}:3: expected 40"):
+            D.read_criteo_tsv([p], parser=parser)

@@ -27,6 +27,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import criteo_fast
+
 log = logging.getLogger("rectrain.data")
 
 CRITEO_DENSE = 13
@@ -143,12 +145,29 @@ class _ColumnBuffer:
         return out
 
 
-def iter_criteo_chunks(paths: list[str], malformed: str = "error", chunk: int = 65536, on_bytes=None):
-    """Yield (label, dense, cat, skipped_so_far) chunks from Criteo TSV files (plain or .gz).
+def _row_or_skip(line: str, where: str, malformed: str, skipped: int) -> tuple[tuple[int, list[float], list[int]] | None, int]:
+    """The reference handling of one text line: (parsed row or None, updated skip count).
 
-    malformed="error" raises MalformedRowError("file:line: ..."); "skip" skips, counts and logs
-    the first few. `on_bytes(n)` is called with the compressed/plain bytes consumed per file.
+    Blank lines give None; a malformed row raises (malformed="error") or is counted, logged (first 5)
+    and gives None.
     """
+    if line.strip("\r\n ") == "":
+        # A blank line (often a trailing newline) carries no row. A line of tabs is a
+        # row of empty fields (malformed: no label), never a blank line.
+        return None, skipped
+    try:
+        return parse_criteo_line(line, where), skipped
+    except MalformedRowError as e:
+        if malformed == "error":
+            raise
+        skipped += 1
+        if skipped <= 5:
+            log.warning("skipping malformed row (%s)", e)
+        return None, skipped
+
+
+def iter_criteo_chunks_reference(paths: list[str], malformed: str = "error", chunk: int = 65536, on_bytes=None):
+    """`iter_criteo_chunks` line by line in Python: the reference the fast parser is tested against."""
     if malformed not in ("error", "skip"):
         raise ValueError("malformed must be 'error' or 'skip'")
     buf = _ColumnBuffer(chunk)
@@ -157,20 +176,10 @@ def iter_criteo_chunks(paths: list[str], malformed: str = "error", chunk: int = 
         size = os.path.getsize(path)
         with _open_text(path) as fh:
             for lineno, line in enumerate(fh, start=1):
-                if line.strip("\r\n ") == "":
-                    # A blank line (often a trailing newline) carries no row. A line of tabs is a
-                    # row of empty fields (malformed: no label), never a blank line.
+                row, skipped = _row_or_skip(line, f"{path}:{lineno}", malformed, skipped)
+                if row is None:
                     continue
-                try:
-                    lab, den, cat = parse_criteo_line(line, f"{path}:{lineno}")
-                except MalformedRowError as e:
-                    if malformed == "error":
-                        raise
-                    skipped += 1
-                    if skipped <= 5:
-                        log.warning("skipping malformed row (%s)", e)
-                    continue
-                buf.add(lab, den, cat)
+                buf.add(*row)
                 if buf.done:
                     for c in buf.take():
                         yield (*c, skipped)
@@ -183,11 +192,77 @@ def iter_criteo_chunks(paths: list[str], malformed: str = "error", chunk: int = 
         yield (np.empty(0, np.uint8), np.empty((0, CRITEO_DENSE), np.float32), np.empty((0, CRITEO_CAT), np.uint32), skipped)
 
 
-def read_criteo_tsv(paths: list[str], malformed: str = "error") -> Table:
+def _iter_criteo_chunks_fast(paths: list[str], malformed: str, chunk: int, on_bytes, block_size: int):
+    """`criteo_fast` on whole blocks; every line it does not take goes through `_row_or_skip`, in order."""
+    skipped = 0
+    last_skipped = None  # the skip count of the last chunk yielded (None: nothing yielded yet)
+    for path in paths:
+        size = os.path.getsize(path)
+        lines_before = 0
+        reported = 0
+        for data, consumed in criteo_fast.iter_blocks(path, block_size):
+            fb = criteo_fast.parse_block(data)
+            lab, den, cat = fb.label, fb.dense, fb.cat
+            if fb.slow.shape[0]:
+                extra_lines: list[int] = []
+                extra_rows: list[tuple[int, list[float], list[int]]] = []
+                for i in fb.slow.tolist():
+                    row, skipped = _row_or_skip(fb.line_text(i), f"{path}:{lines_before + i + 1}", malformed, skipped)
+                    if row is not None:
+                        extra_lines.append(i)
+                        extra_rows.append(row)
+                if extra_rows:
+                    k = len(extra_rows)
+                    pos = np.searchsorted(fb.row_lines, np.asarray(extra_lines, np.int64)) + np.arange(k)
+                    fast_rows = np.ones(len(lab) + k, bool)
+                    fast_rows[pos] = False
+                    lab2 = np.empty(len(lab) + k, np.uint8)
+                    den2 = np.empty((len(lab) + k, CRITEO_DENSE), np.float32)
+                    cat2 = np.empty((len(lab) + k, CRITEO_CAT), np.uint32)
+                    lab2[fast_rows], den2[fast_rows], cat2[fast_rows] = lab, den, cat
+                    lab2[pos] = [r[0] for r in extra_rows]
+                    den2[pos] = [r[1] for r in extra_rows]
+                    cat2[pos] = [r[2] for r in extra_rows]
+                    lab, den, cat = lab2, den2, cat2
+            lines_before += fb.lines
+            if on_bytes and consumed > reported:
+                on_bytes(consumed - reported)
+                reported = consumed
+            for start in range(0, len(lab), chunk):
+                yield lab[start : start + chunk], den[start : start + chunk], cat[start : start + chunk], skipped
+                last_skipped = skipped
+        if on_bytes and size > reported:
+            on_bytes(size - reported)
+    if skipped and last_skipped != skipped:
+        yield (np.empty(0, np.uint8), np.empty((0, CRITEO_DENSE), np.float32), np.empty((0, CRITEO_CAT), np.uint32), skipped)
+
+
+def iter_criteo_chunks(paths: list[str], malformed: str = "error", chunk: int = 65536, on_bytes=None, *,
+                       parser: str = "fast", block_size: int = criteo_fast.DEFAULT_BLOCK_SIZE):
+    """Yield (label, dense, cat, skipped_so_far) chunks of at most `chunk` rows from Criteo TSV files (plain or .gz).
+
+    malformed="error" raises MalformedRowError("file:line: ..."); "skip" skips, counts and logs
+    the first few. `on_bytes(n)` is called with the compressed/plain bytes consumed (in total, each
+    file's size). The last chunk carries the final skip count. parser="fast" (vectorized, see
+    `criteo_fast`, reading `block_size` bytes at a time) and parser="reference" (line by line) give
+    identical rows, errors and counts.
+    """
+    if malformed not in ("error", "skip"):
+        raise ValueError("malformed must be 'error' or 'skip'")
+    if parser == "reference":
+        return iter_criteo_chunks_reference(paths, malformed, chunk, on_bytes)
+    if parser != "fast":
+        raise ValueError("parser must be 'fast' or 'reference'")
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+    return _iter_criteo_chunks_fast(paths, malformed, chunk, on_bytes, block_size)
+
+
+def read_criteo_tsv(paths: list[str], malformed: str = "error", parser: str = "fast") -> Table:
     """Parse Criteo TSV files fully into memory (for small data; use `rectrain-preprocess` for big)."""
     labs, dens, cats = [], [], []
     skipped = 0
-    for lab, den, cat, skipped in iter_criteo_chunks(expand_paths(paths), malformed):
+    for lab, den, cat, skipped in iter_criteo_chunks(expand_paths(paths), malformed, parser=parser):
         labs.append(lab)
         dens.append(den)
         cats.append(cat)
@@ -205,7 +280,7 @@ def read_criteo_tsv(paths: list[str], malformed: str = "error") -> Table:
 # --------------------------------------------------------------------------------------------
 
 
-def preprocess(paths: list[str], out_dir: str, malformed: str = "error", progress: bool = True) -> dict:
+def preprocess(paths: list[str], out_dir: str, malformed: str = "error", progress: bool = True, parser: str = "fast") -> dict:
     """Convert Criteo TSV files into the binary columnar format; returns the metadata written."""
     files = expand_paths(paths)
     out = Path(out_dir)
@@ -224,10 +299,10 @@ def preprocess(paths: list[str], out_dir: str, malformed: str = "error", progres
     skipped = 0
     try:
         with open(tmp / "label.u8", "wb") as fl, open(tmp / "dense.f32", "wb") as fd, open(tmp / "cat.u32", "wb") as fc:
-            for lab, den, cat, skipped in iter_criteo_chunks(files, malformed, on_bytes=bar.update if bar else None):
-                fl.write(np.ascontiguousarray(lab).tobytes())
-                fd.write(np.ascontiguousarray(den, dtype="<f4").tobytes())
-                fc.write(np.ascontiguousarray(cat, dtype="<u4").tobytes())
+            for lab, den, cat, skipped in iter_criteo_chunks(files, malformed, on_bytes=bar.update if bar else None, parser=parser):
+                fl.write(memoryview(np.ascontiguousarray(lab)))
+                fd.write(memoryview(np.ascontiguousarray(den, dtype="<f4")))
+                fc.write(memoryview(np.ascontiguousarray(cat, dtype="<u4")))
                 rows += len(lab)
                 if bar:
                     bar.set_postfix(rows=rows, skipped=skipped, refresh=False)
