@@ -239,6 +239,11 @@ class LocalCluster:
                     f"--tls-cert-file={pki.serving_cert}",
                     f"--tls-private-key-file={pki.serving_key}",
                     f"--client-ca-file={pki.ca_cert}",
+                    # `kubectl logs`: the API server calls the node agent's kubelet endpoint.
+                    f"--kubelet-client-certificate={pki.serving_cert}",
+                    f"--kubelet-client-key={pki.serving_key}",
+                    f"--kubelet-certificate-authority={pki.ca_cert}",
+                    "--kubelet-preferred-address-types=InternalIP",
                     f"--token-auth-file={pki.token_file}",
                     "--authorization-mode=Node,RBAC",
                     f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",

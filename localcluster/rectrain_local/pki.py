@@ -91,3 +91,19 @@ def ensure_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
     pki.token_file.write_text(f'{token},admin,admin-uid,"system:masters"\n')
     pki.token_file.chmod(0o600)
     return pki
+
+
+def issue_node_serving_cert(pki: Pki, directory: Path, node_name: str, ips: tuple[str, ...]) -> tuple[Path, Path]:
+    """A serving certificate for the node agent's kubelet endpoint, signed by the cluster CA.
+
+    The API server verifies it (--kubelet-certificate-authority) when it proxies `kubectl logs`; it is
+    issued afresh at every agent start because the node's address comes from its pod network."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    names = [f"DNS:{node_name}", *(f"IP:{ip}" for ip in ips)]
+    (directory / "kubelet-san.ext").write_text("subjectAltName=" + ",".join(names) + "\nextendedKeyUsage=serverAuth\n")
+    _openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet.key", "-out", "kubelet.csr",
+              "-subj", f"/O=system:nodes/CN=system:node:{node_name}"], directory)
+    _openssl(["x509", "-req", "-in", "kubelet.csr", "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key), "-CAcreateserial",
+              "-out", "kubelet.crt", "-days", "3650", "-extfile", "kubelet-san.ext"], directory)
+    return directory / "kubelet.crt", directory / "kubelet.key"

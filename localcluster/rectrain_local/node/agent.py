@@ -31,9 +31,11 @@ from pathlib import Path
 import yaml
 from kubernetes import client, config, watch
 
+from ..pki import Pki, issue_node_serving_cert
 from ..processes import ProcessRecord, process_start_time
 from . import network
 from .forward import Forwarder
+from .logserver import LogServer, LogSource
 from .pods import (
     NodeContext,
     PodSpecError,
@@ -59,6 +61,8 @@ PROVISIONER = "rectrain.io/local-node"
 # address (where the forwarder listens).
 API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 EXIT_CODE_SIGNAL_BASE = 128
+CURRENT_LOG = "container.log"
+PREVIOUS_LOG = "container.previous.log"  # the run before the last in-place restart
 
 
 @dataclass
@@ -112,6 +116,7 @@ class NodeAgent:
         self.stopping = threading.Event()
         self.ca_data = self._ca_data(kubeconfig)
         self.base_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+        self.log_server: LogServer | None = None
 
     @staticmethod
     def _ca_data(kubeconfig: str) -> bytes:
@@ -153,6 +158,7 @@ class NodeAgent:
                  "lastHeartbeatTime": now, "lastTransitionTime": now},
             ],
             "addresses": [{"type": "InternalIP", "address": self.network.gateway}, {"type": "Hostname", "address": self.node_name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_server.port if self.log_server else 0}},
             "nodeInfo": {
                 "kubeletVersion": "v1.20.2-rectrain-local", "kubeProxyVersion": "", "containerRuntimeVersion": "rectrain-local://processes",
                 "operatingSystem": "linux", "architecture": "amd64", "osImage": "local processes", "kernelVersion": os.uname().release,
@@ -364,9 +370,32 @@ class NodeAgent:
         log.info("starting pod %s/%s (uid %s)", pod["metadata"]["namespace"], pod["metadata"]["name"], uid)
         worker.start()
 
+    def start_log_server(self) -> None:
+        """The kubelet endpoint the API server calls for `kubectl logs`, on the node's InternalIP."""
+        pki = Pki(self.state_dir / "cluster" / "pki")
+        cert, key = issue_node_serving_cert(pki, self.node_dir / "pki", self.node_name, (self.network.gateway, "127.0.0.1"))
+        self.log_server = LogServer(self.network.gateway, 0, cert, key, pki.ca_cert, self.pod_logs).start()
+
+    def pod_logs(self, namespace: str, name: str) -> LogSource | None:
+        """The log files of the newest pod of that name this node ran."""
+        dirs = [d for d in self.pods_dir.glob(f"{namespace}_{name}_*") if d.is_dir()]
+        if not dirs:
+            return None
+        newest = max(dirs, key=lambda d: d.stat().st_mtime)
+        uid = newest.name.rsplit("_", 1)[1]
+
+        def running() -> bool:
+            with self.lock:
+                worker = self.workers.get(uid)
+            return worker is not None and worker.process is not None and worker.process.poll() is None
+
+        previous = newest / PREVIOUS_LOG
+        return LogSource(newest / CURRENT_LOG, previous if previous.is_file() else None, running)
+
     def run(self) -> None:
         self.network.ensure_bridge()
         Forwarder(self.network.gateway, self.api_port, "127.0.0.1", self.api_port).start()
+        self.start_log_server()
         self.register_node()
         self.ensure_storage_class()
         self.end_leftovers()
@@ -414,6 +443,8 @@ class NodeAgent:
     def shutdown(self) -> None:
         """Stop every pod process (SIGTERM, then SIGKILL) and remove the pod network."""
         self.stopping.set()
+        if self.log_server:
+            self.log_server.stop()
         with self.lock:
             workers = list(self.workers.values())
         for worker in workers:
@@ -434,7 +465,7 @@ class PodWorker(threading.Thread):
         self.pod = pod
         self.uid = meta["uid"]
         self.pod_dir = agent.runtime_dir / "pods" / self.uid
-        self.log_path = agent.pods_dir / f"{meta['namespace']}_{meta['name']}_{self.uid}" / "container.log"
+        self.log_path = agent.pods_dir / f"{meta['namespace']}_{meta['name']}_{self.uid}" / CURRENT_LOG
         self.process: subprocess.Popen | None = None
         self.record: ProcessRecord | None = None
         self.stop_requested = threading.Event()
@@ -511,6 +542,8 @@ class PodWorker(threading.Thread):
         last_terminated: dict | None = None
         while True:
             started_at = now_rfc3339()
+            if restarts:  # as a kubelet keeps it for `kubectl logs --previous`
+                self.log_path.replace(self.log_path.with_name(PREVIOUS_LOG))
             with self.log_path.open("ab") as out:
                 self.process = subprocess.Popen(
                     ["ip", "netns", "exec", record.netns, sys.executable, "-m", "rectrain_local.node.launch", str(spec_file)],
