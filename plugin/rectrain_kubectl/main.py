@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -286,21 +285,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ logs
 
 
-def _kubeconfig_path(args: argparse.Namespace) -> Path | None:
-    raw = args.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
-    return Path(raw) if raw else None
-
-
-def local_node_logs(kubeconfig: Path | None, namespace: str, pod: str) -> Path | None:
-    """On a rectrain-local cluster the node agent keeps each pod's output next to the kubeconfig
-    (<state>/cluster/node/pods/<ns>_<pod>_<uid>/container.log): the newest of that pod's name."""
-    if kubeconfig is None:
-        return None
-    pods_dir = kubeconfig.resolve().parent / "cluster" / "node" / "pods"
-    paths = [p / "container.log" for p in pods_dir.glob(f"{namespace}_{pod}_*") if (p / "container.log").is_file()]
-    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
-
-
 def cmd_logs(args: argparse.Namespace) -> int:
     core, namespace, job = _read_job(args)
     if job is None:
@@ -315,21 +299,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not pods:
         return _fail(f"{args.name}: no pod of rank {args.rank}" + (f" attempt {args.attempt}" if args.attempt is not None else "")
                      + " (not created yet, or deleted after ttlSecondsAfterFinished)")
-    pod = max(pods, key=lambda p: int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0))).metadata.name
+    newest = max(pods, key=lambda p: int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0)))
+    pod = newest.metadata.name
+    if not newest.spec.node_name:  # the API server answers an empty log for a pod no node runs
+        return _fail(f"the cluster cannot serve the log of pod {namespace}/{pod}: it is not scheduled to a node yet")
     kwargs = {"tail_lines": args.tail} if args.tail else {}
     try:
         text = core.read_namespaced_pod_log(pod, namespace, **kwargs)
-        reason = "the API server returned no log"
     except client.ApiException as exc:
-        text, reason = None, _api_error(exc)
-    path = None if text else local_node_logs(_kubeconfig_path(args), namespace, pod)
-    if path is None:
-        if text is None:
-            return _fail(f"the cluster cannot serve the log of pod {namespace}/{pod}: {reason}")
-        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
-        return 0
-    lines = path.read_text(errors="replace").splitlines(keepends=True)
-    sys.stdout.write("".join(lines[-args.tail:] if args.tail else lines))
+        return _fail(f"the cluster cannot serve the log of pod {namespace}/{pod}: {_api_error(exc)}")
+    text = text or ""
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return 0
 
 
