@@ -14,7 +14,8 @@ processes over gloo (MASTER_ADDR/RANK/WORLD_SIZE), OMP_NUM_THREADS = CPUs / rank
 - TorchRec: torchrec.models.dlrm.DLRM wrapped in DLRMTrain and DistributedModelParallel (planner
   on CPU, fused Adagrad applied in backward for the embeddings, Adagrad for the dense part), bf16
   via torch.autocast; inputs are pre-built random batches (no input pipeline), timed after
-  --warmup steps.
+  --warmup steps. Their ids are drawn like our synthetic data's (at most 1000 distinct values
+  per feature, skewed popularity), so both sides touch about as many embedding rows per step.
 
 TorchRec is not a project dependency: on first use this script makes a separate venv at
 .bench-venv/torchrec (git-ignored) with `torch==2.13.0 fbgemm-gpu-cpu==1.8.0 numpy`,
@@ -85,7 +86,10 @@ from torchrec.datasets.utils import Batch
 g = torch.Generator().manual_seed(100 + rank)
 batches = []
 for _ in range(4):
-    ids = torch.randint(0, R, (T, B), generator=g)  # feature-major: one id per feature per sample
+    # Feature-major, one id per feature per sample, drawn like our synthetic data (data.py
+    # synthetic_table): min(rows, 1000) distinct values per feature, popularity skewed as u**2.
+    distinct = min(R, 1000)
+    ids = (distinct * torch.rand(T, B, generator=g) ** 2).long().clamp_(max=distinct - 1)
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=names, values=ids.reshape(-1), lengths=torch.ones(T * B, dtype=torch.int32))
     batches.append(Batch(dense_features=torch.rand(B, 13, generator=g), sparse_features=kjt,
                          labels=torch.randint(0, 2, (B,), generator=g).float()))

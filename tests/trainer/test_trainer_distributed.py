@@ -193,3 +193,24 @@ def test_latest_checkpoint_ignores_incomplete_ones(tmp_path):
     # a finished run resumed does no more steps
     again = train(parse_config(tiny_config(training={"batchSize": 64, "epochs": 1}, checkpoint={"directory": str(tmp_path)})))
     assert again.step == 63 and again.auc == pytest.approx(r.auc)
+
+
+@pytest.mark.parametrize("sparse", ["sgd", "sparseadam"])
+def test_two_ranks_match_one_rank_with_other_sparse_optimizers(tmp_path, sparse):
+    base = dict(
+        data={"source": "synthetic", "synthetic": {"rows": 2001, "evalRows": 500, "seed": 5}},
+        reporting={"metricsPort": 0, "logEverySteps": 10_000},
+    )
+    opt = {"sparse": sparse, "dense": "adam", "learningRate": 0.01}
+    one = tiny_config(training={"batchSize": 64, "optimizer": opt}, checkpoint={"directory": str(tmp_path / "one")}, **base)
+    two = tiny_config(training={"batchSize": 32, "optimizer": opt}, checkpoint={"directory": str(tmp_path / "two")}, **base)
+    procs = start_ranks(two, 2)
+    r1 = train(parse_config(one))
+    res = finish(procs)
+    assert [rc for rc, _, _ in res] == [0, 0], res[0][2][-3000:] + res[1][2][-3000:]
+    assert final_line(res[0][1])["step"] == r1.step == 32
+    assert_params_close(
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "one")),
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "two")),
+        1e-3,
+    )

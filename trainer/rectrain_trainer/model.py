@@ -1,11 +1,13 @@
-"""DLRM: one sparse EmbeddingBag per categorical feature, a bottom MLP over dense features,
-pairwise dot-product interaction (or a DCNv2 cross network), a top MLP to one logit."""
+"""DLRM: all categorical features' embedding tables fused into one sparse table, a bottom MLP over
+dense features, pairwise dot-product interaction (or a DCNv2 cross network), a top MLP to one logit."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rectrain_api.trainer_config import ModelConfig
@@ -21,6 +23,100 @@ def mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
         if i < len(sizes) - 2 or last_activation:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+class _Lookup(torch.autograd.Function):
+    """F.embedding whose sparse gradient comes out coalesced: each touched row once, in order,
+    with its lookups' gradients summed. F.embedding(sparse=True) emits a row per lookup instead,
+    and every consumer (all-gather, optimizer) would pay for the duplicates and the coalescing."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        rows, inverse = torch.unique(ids.flatten(), return_inverse=True)
+        dim = ctx.weight_shape[1]
+        values = torch.zeros(rows.numel(), dim, dtype=ctx.weight_dtype, device=grad.device)
+        values.index_add_(0, inverse, grad.reshape(-1, dim).to(ctx.weight_dtype))
+        grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True, check_invariants=False)
+        return grad_weight, None
+
+
+def coalesced_grad(grad: torch.Tensor) -> torch.Tensor:
+    """A sparse row gradient flagged coalesced. Autograd's gradient accumulation drops the flag of
+    what _Lookup emits, so check that the rows are still strictly increasing (cheap) rather than
+    sort them again; anything else (e.g. gradients accumulated over two backward passes) is
+    coalesced the slow way."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if bool((rows[1:] > rows[:-1]).all()):
+        return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False)
+    return grad.coalesce()
+
+
+class EmbeddingTables(nn.Module):
+    """One embedding table per categorical feature, stored as one [sum(rows), d] weight in which
+    table f starts at row offsets[f] (table-batched, like FBGEMM's TBE): one lookup, one sparse
+    gradient and one optimizer step for all features."""
+
+    def __init__(self, table_sizes: list[int], dim: int):
+        super().__init__()
+        starts = [0, *itertools.accumulate(table_sizes)][:-1]
+        self.weight = nn.Parameter(torch.empty(sum(table_sizes), dim))
+        self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long), persistent=False)
+        with torch.no_grad():
+            for start, rows in zip(starts, table_sizes):
+                table = self.weight[start : start + rows]
+                # Small uniform init per table (TorchRec's default); N(0,1) trains markedly worse.
+                bound = math.sqrt(1.0 / rows)
+                table.uniform_(-bound, bound)
+
+    def forward(self, cat: torch.Tensor) -> torch.Tensor:
+        """[n, F] row ids (each within its feature's table) -> [n, F, d]."""
+        return _Lookup.apply(self.weight, cat + self.offsets)
+
+
+class _PairwiseDots(torch.autograd.Function):
+    """[n, F, d] -> [n, P]: the dot products of each row's vector pairs i < j, in triu order.
+    Z = T T^T is symmetric, so its gradient is one bmm, G_sym T, with G_sym gathered from the
+    incoming gradient; autograd through bmm and advanced indexing would run two bmms and a slow
+    accumulating index_put instead."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, pairs: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
+        # pairs: the flat position i*F + j of each pair; sym: for each flat position, its pair's
+        # column in the gradient, or P (a zero column) on the diagonal.
+        ctx.save_for_backward(t, sym)
+        return _columns(torch.bmm(t, t.transpose(1, 2)).flatten(1), pairs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        t, sym = ctx.saved_tensors
+        n, f, _ = t.shape
+        g_sym = _columns(F.pad(grad, (0, 1)), sym).view(n, f, f)
+        return torch.bmm(g_sym, t), None, None
+
+
+def _columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[:, idx]. On CPU index_select along dim 1 is fast for float32 only; gather is fast for all."""
+    if x.dtype == torch.float32:
+        return x.index_select(1, idx)
+    return torch.gather(x, 1, idx.expand(x.shape[0], -1))
+
+
+def _pair_indices(f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pairs, sym) for _PairwiseDots over f vectors."""
+    i, j = torch.triu_indices(f, f, offset=1)
+    p = i.numel()
+    sym = torch.full((f, f), p, dtype=torch.long)
+    sym[i, j] = sym[j, i] = torch.arange(p)
+    return i * f + j, sym.flatten()
 
 
 class CrossNetV2(nn.Module):
@@ -40,6 +136,13 @@ class CrossNetV2(nn.Module):
         return x
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run a matmul in (custom Functions are not autocast)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 class DLRM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -48,20 +151,14 @@ class DLRM(nn.Module):
             raise ValueError(f"model.bottomMlp: the last size ({cfg.bottomMlp[-1]}) must equal model.embeddingDim ({d})")
         self.cfg = cfg
         self.num_dense = cfg.numDenseFeatures
-        self.embeddings = nn.ModuleList()
-        for rows in cfg.tableSizes:
-            eb = nn.EmbeddingBag(rows, d, mode="sum", sparse=True)
-            # Small uniform init (TorchRec's default); N(0,1) trains markedly worse.
-            bound = math.sqrt(1.0 / rows)
-            nn.init.uniform_(eb.weight, -bound, bound)
-            self.embeddings.append(eb)
+        self.embeddings = EmbeddingTables(cfg.tableSizes, d)
         self.bottom = mlp([cfg.numDenseFeatures, *cfg.bottomMlp], last_activation=True) if cfg.numDenseFeatures > 0 else None
         n_vec = len(cfg.tableSizes) + (1 if self.bottom is not None else 0)
         self.interaction = cfg.interaction
         if cfg.interaction == "dot":
-            iu = torch.triu_indices(n_vec, n_vec, offset=1)
-            self.register_buffer("_tri_i", iu[0], persistent=False)
-            self.register_buffer("_tri_j", iu[1], persistent=False)
+            pairs, sym = _pair_indices(n_vec)
+            self.register_buffer("_pairs", pairs, persistent=False)
+            self.register_buffer("_pairs_sym", sym, persistent=False)
             top_in = (d if self.bottom is not None else 0) + n_vec * (n_vec - 1) // 2
             self.cross = None
         else:
@@ -69,30 +166,20 @@ class DLRM(nn.Module):
             self.cross = CrossNetV2(top_in, cfg.dcnLayers)
         self.top = mlp([top_in, *cfg.topMlp, 1], last_activation=False)
 
-    def embed(self, cat: torch.Tensor) -> list[torch.Tensor]:
-        # One id per feature per row (Criteo): bag of size 1, offsets = row positions.
-        n = cat.shape[0]
-        offsets = torch.arange(n, device=cat.device)
-        return [eb(cat[:, f].contiguous(), offsets) for f, eb in enumerate(self.embeddings)]
-
     def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        vecs = self.embed(cat)
-        if self.bottom is not None:
-            z = self.bottom(dense)
-            vecs = [z, *vecs]
-        else:
-            z = None
-        if self.cross is None:
-            t = torch.stack(vecs, dim=1)  # [n, F, d]
-            inter = torch.bmm(t, t.transpose(1, 2))[:, self._tri_i, self._tri_j]
-            x = torch.cat([z, inter], dim=1) if z is not None else inter
-        else:
-            x = self.cross(torch.cat(vecs, dim=1))
+        emb = self.embeddings(cat)  # [n, F, d]
+        z = self.bottom(dense) if self.bottom is not None else None
+        if self.cross is not None:
+            x = emb.flatten(1) if z is None else torch.cat([z, emb.flatten(1)], dim=1)
+            return self.top(self.cross(x)).squeeze(1)
+        dtype = _compute_dtype(emb)
+        t = emb.to(dtype) if z is None else torch.cat([z.to(dtype).unsqueeze(1), emb.to(dtype)], dim=1)
+        inter = _PairwiseDots.apply(t, self._pairs, self._pairs_sym)
+        x = inter if z is None else torch.cat([z.to(dtype), inter], dim=1)
         return self.top(x).squeeze(1)
 
-    def sparse_parameters(self):
-        return list(self.embeddings.parameters())
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.embeddings.weight]
 
-    def dense_parameters(self):
-        ids = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in ids]
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]

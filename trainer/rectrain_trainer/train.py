@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, DistEnv
 from .data import BatchLoader, Table, make_batch, read_criteo_tsv, open_binary_many, steps_per_epoch, synthetic_datasets
 from .metrics import RankMetrics, log_loss, roc_auc
-from .model import DLRM
+from .model import DLRM, coalesced_grad
 
 log = logging.getLogger("rectrain.train")
 # Opt out explicitly (the default), which also silences torch's per-process warning about it.
@@ -151,39 +151,55 @@ class _StopFlag:
             self._old = None
 
 
-def _allreduce_sparse_grads(params: list[torch.Tensor], world: int) -> None:
-    """Average the embedding tables' sparse gradients over ranks (what DDP does for sparse
-    gradients), with three dense all_gathers for all tables together: row counts, row ids, rows."""
-    grads = [p.grad.coalesce() for p in params]
-    device = params[0].device
-    counts = torch.tensor([g.indices().shape[1] for g in grads], dtype=torch.long, device=device)
-    all_counts = [torch.empty_like(counts) for _ in range(world)]
-    dist.all_gather(all_counts, counts)
-    totals = [int(c.sum()) for c in all_counts]
-    width = max(totals)
-    dim = params[0].shape[1]
-    idx = torch.zeros(width, dtype=torch.long, device=device)
-    val = torch.zeros((width, dim), dtype=grads[0].dtype, device=device)
-    n = totals[dist.get_rank()]
-    if n:
-        idx[:n] = torch.cat([g.indices()[0] for g in grads])
-        val[:n] = torch.cat([g.values() for g in grads])
-    all_idx = [torch.empty_like(idx) for _ in range(world)]
-    all_val = [torch.empty_like(val) for _ in range(world)]
-    dist.all_gather(all_idx, idx)
-    dist.all_gather(all_val, val)
-    per_table_idx: list[list[torch.Tensor]] = [[] for _ in params]
-    per_table_val: list[list[torch.Tensor]] = [[] for _ in params]
-    for r in range(world):
-        start = 0
-        for t, c in enumerate(all_counts[r].tolist()):
-            per_table_idx[t].append(all_idx[r][start : start + c])
-            per_table_val[t].append(all_val[r][start : start + c])
-            start += c
-    for t, p in enumerate(params):
-        i = torch.cat(per_table_idx[t]).unsqueeze(0)
-        v = torch.cat(per_table_val[t]) / world
-        p.grad = torch.sparse_coo_tensor(i, v, p.shape, check_invariants=False)
+def _allreduce_sparse_grad(p: torch.Tensor, world: int, stop: bool) -> bool:
+    """Average the fused embedding table's sparse gradient over ranks (what DDP does for sparse
+    gradients) with two all_gathers: (row count, SIGTERM flag) per rank, then the rows, ids and
+    values packed together. Returns whether any rank got SIGTERM."""
+    grad = coalesced_grad(p.grad)
+    rows, values = grad._indices()[0], grad._values()
+    mine = torch.tensor([rows.numel(), int(stop)], dtype=torch.long, device=p.device)
+    heads = mine.new_empty(world * 2)
+    dist.all_gather_single(heads, mine)
+    heads = heads.view(world, 2)
+    sizes = heads[:, 0].tolist()
+    send = _pack_rows(rows, values, max(sizes))
+    recv = send.new_empty(world * send.shape[0], send.shape[1])
+    dist.all_gather_single(recv, send)
+    recv = recv.view(world, *send.shape)
+    parts = [_unpack_rows(recv[r, :n], values.dtype) for r, n in enumerate(sizes)]
+    merged, inverse = torch.unique(torch.cat([r for r, _ in parts]), return_inverse=True)
+    summed = values.new_zeros(merged.numel(), values.shape[1])
+    for (_, v), inv in zip(parts, inverse.split(sizes)):
+        summed.index_add_(0, inv, v)
+    p.grad = torch.sparse_coo_tensor(merged.unsqueeze(0), summed.div_(world), p.shape, is_coalesced=True, check_invariants=False)
+    return bool(heads[:, 1].any())
+
+
+def _pack_rows(rows: torch.Tensor, values: torch.Tensor, length: int) -> torch.Tensor:
+    """[n] int64 row ids and [n, d] values -> [length, 8 + d*itemsize] bytes (zero padded), so one
+    all_gather carries both."""
+    n = rows.numel()
+    out = torch.zeros(length, 8 + values.shape[1] * values.element_size(), dtype=torch.uint8, device=rows.device)
+    out[:n, :8] = rows.unsqueeze(1).view(torch.uint8)
+    out[:n, 8:] = values.contiguous().view(torch.uint8)
+    return out
+
+
+def _unpack_rows(packed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of _pack_rows; the values are a strided view into `packed`."""
+    return packed[:, :8].contiguous().view(torch.long).squeeze(1), packed[:, 8:].view(dtype)
+
+
+def _finish_sparse_grads(model: DLRM, denv: DistEnv, stop: bool) -> bool:
+    """Make the embedding gradient ready for the sparse optimizer: averaged over ranks, or (one
+    rank) flagged coalesced so the optimizer does not sort its rows again. Returns whether any
+    rank got SIGTERM (`stop` here): the flags travel with the ranks' row counts."""
+    (p,) = model.sparse_parameters()
+    if denv.distributed:
+        return _allreduce_sparse_grad(p, denv.world_size, stop)
+    if p.grad is not None:
+        p.grad = coalesced_grad(p.grad)
+    return stop
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -290,7 +306,8 @@ def _train(cfg, denv: DistEnv, device, reporter, progress_bar, stop: _StopFlag, 
         DDP._set_params_and_buffers_to_ignore_for_model(core, emb_names)
         for p in core.sparse_parameters():
             dist.broadcast(p.data, src=0)
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The model's buffers are constants (row offsets, pair indices): no broadcast per forward.
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     opt_sparse = _make_optimizer(oc.sparse, core.sparse_parameters(), oc.sparseLearningRate or oc.learningRate)
     opt_dense = _make_optimizer(oc.dense, core.dense_parameters(), oc.learningRate)
     optimizers = [opt_sparse, opt_dense]
@@ -409,17 +426,15 @@ def _train(cfg, denv: DistEnv, device, reporter, progress_bar, stop: _StopFlag, 
             # DDP averages gradients over ranks; scaling by world/global makes the result the
             # gradient of the mean loss over the global batch, whatever each rank's share.
             loss = loss_sum * (denv.world_size / batch.global_size)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            # Every rank learns here whether any got SIGTERM, so all stop after the same step and
+            # checkpoint together.
+            want_stop = _finish_sparse_grads(core, denv, stop.set)
             if scaler is not None:
-                scaler.scale(loss).backward()
-                if denv.distributed:
-                    _allreduce_sparse_grads(core.sparse_parameters(), denv.world_size)
                 for o in optimizers:
                     scaler.step(o)
                 scaler.update()
             else:
-                loss.backward()
-                if denv.distributed:
-                    _allreduce_sparse_grads(core.sparse_parameters(), denv.world_size)
                 for o in optimizers:
                     o.step()
             for o in optimizers:
@@ -433,14 +448,6 @@ def _train(cfg, denv: DistEnv, device, reporter, progress_bar, stop: _StopFlag, 
             pm.step.set(step)
             if bar:
                 bar.update(1)
-
-            # One small collective per step: every rank learns whether any got SIGTERM, so all
-            # stop after the same step and checkpoint together.
-            want_stop = stop.set
-            if denv.distributed:
-                flag = torch.tensor([1.0 if stop.set else 0.0], device=device)
-                dist.all_reduce(flag)
-                want_stop = bool(flag.item() > 0)
 
             dt = time.perf_counter() - t_step
             step_time_ewma = dt if step_time_ewma is None else 0.9 * step_time_ewma + 0.1 * dt
