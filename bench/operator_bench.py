@@ -378,7 +378,7 @@ def main() -> int:
     print()
     print(f"# rectrain operator benchmark  {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
           f"kube-apiserver v1.20.2 (local, etcd --unsafe-no-fsync), operator --workers {OPERATOR_WORKERS}")
-    print(f"# floor: the operator's builders' manifests created directly, one after another"
+    print("# floor: the operator's builders' manifests created directly, one after another"
           + (f"; floor-c{fc}: pods {fc} in flight" if fc > 1 else "") + (f"; baseline: operator at {args.baseline_ref}" if args.baseline_ref else ""))
     print(f"# medians of {args.repeats} runs; load average (1/5/15 min) before {load_before}, after {loadavg()}")
     ops = [v for v in variants if not v.startswith("floor")]
@@ -399,7 +399,6 @@ def main() -> int:
         line += "".join(f" {reqs[v]:>17.1f}" for v in variants)
         print(line + "  " + targets.get(key, ""))
     for v in ops:
-        peak = max(x["hwm_mb"] for row in results.values() for x in row[v])
         print(f"{v} RSS: idle {idle_rss[v]:.0f} MB, at end {end_rss[v][0]:.0f} MB, peak (VmHWM) {end_rss[v][1]:.0f} MB  (target <= 200 MB)")
     if args.json:
         out = {"machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},

@@ -370,7 +370,6 @@ def _train(cfg, denv: DistEnv, device, reporter, progress_bar, stop: _StopFlag, 
     sps: float | None = None
     step_time_ewma: float | None = None
     wait_reported = 0.0
-    sizes_np = np.asarray(cfg.model.tableSizes, dtype=np.int64)
     pin = device.type == "cuda"
 
     def report_status():
