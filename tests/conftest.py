@@ -49,7 +49,7 @@ def kubeconfig(local_cluster) -> str:
 @pytest.fixture(scope="session")
 def k8s_api(kubeconfig: str):
     """A kubernetes.client.ApiClient for the cluster under test."""
-    from kubernetes import client, config
+    from kubernetes import config
 
     api_client = config.new_client_from_config(config_file=kubeconfig)
     yield api_client

@@ -5,7 +5,6 @@ RecTrainJobs a real rectrain-operator wrote on the local API server."""
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import pytest
 import yaml

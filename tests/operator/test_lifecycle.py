@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from rectrain_operator import lifecycle as lc
-from rectrain_operator.lifecycle import CreatePods, DeleteChildren, DeletePods, EnsureChildren, Event, PodView
+from rectrain_operator.lifecycle import CreatePods, DeleteChildren, DeletePods, EnsureChildren, PodView
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -142,7 +142,7 @@ def test_deadline_and_ttl(harness, operator, k8s_api):
     assert harness.condition("late", "Failed")["reason"] == "DeadlineExceeded"
     wait_for(lambda: not harness.pods("late"), what="deadline deletes running pods")
     harness.wait_phase("ttl", "Succeeded")
-    st = wait_for(lambda: harness.status("ttl").get("childrenDeletedTime") and harness.status("ttl"), timeout=15, what="ttl")
+    wait_for(lambda: harness.status("ttl").get("childrenDeletedTime") and harness.status("ttl"), timeout=15, what="ttl")
     core = client.CoreV1Api(k8s_api)
     wait_for(lambda: not harness.pods("ttl"), what="ttl deletes pods")
     def gone(read, name):

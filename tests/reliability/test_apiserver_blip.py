@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 def test_apiserver_restart_mid_job(harness, operator, kubeconfig, namespace, local_cluster, pods_can_run):
     if local_cluster is None:
         pytest.skip("restarting the API server needs the local cluster")
-    kubectl_apply(kubeconfig, namespace, job_manifest("blip", trainer(rows=600_000, batch=512)))
+    section = trainer(rows=600_000, batch=512)
+    section["training"]["epochs"] = 4  # still training well after the API server is back (about 15 s)
+    kubectl_apply(kubeconfig, namespace, job_manifest("blip", section))
     recorder = ProgressRecorder(harness, "blip")
     recorder.start()
     try:

@@ -35,7 +35,7 @@ def test_unreachable_api_training_goes_on_with_one_warning(caplog):
     caplog.set_level(logging.INFO, logger="rectrain.reporter")
     t = train(parse_config(tiny_config(training={"epochs": 4, "batchSize": 16}, reporting={"metricsPort": 0, "logEverySteps": 5})), reporter=rep)
     wait_for(lambda: rep.patches_failed >= 3, timeout=30, what="several failed patch attempts")
-    rep.close()
+    rep.close(timeout=1)
     assert t.step == 4 * 250
     warnings = [r for r in caplog.records if WARNING in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
@@ -128,6 +128,39 @@ def test_reporter_patches_at_most_every_interval(k8s_api, namespace, crd):
     assert 2 <= rep.patches_ok <= elapsed / 0.5 + 2  # throttled, yet the last value arrives
     st = get_job(k8s_api, namespace, "rtj")["status"]
     assert st["progress"]["step"] == 300 and st["metrics"]["rowsSkipped"] == 300
+
+
+@pytest.mark.cluster
+def test_final_update_is_retried_through_an_api_outage(k8s_api, kubeconfig, namespace, crd):
+    """Training can end while the API server restarts: close() keeps trying the last values until the
+    API answers again (here it is unreachable at first, then a forwarder to the real one appears)."""
+    import threading
+    from urllib.parse import urlsplit
+
+    from kubernetes import client, config
+    from rectrain_local.node.forward import Forwarder
+
+    create_job(k8s_api, namespace, "rtj", {})
+    admin = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=admin)
+    real = urlsplit(admin.host)
+    port = free_port()
+    # The same credentials for an address nothing listens on yet (a kubeconfig-loaded configuration
+    # keeps its own host, so build a fresh one).
+    cfg = client.Configuration(host=f"https://127.0.0.1:{port}", api_key=dict(admin.api_key),
+                               api_key_prefix=dict(admin.api_key_prefix))
+    cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file = admin.ssl_ca_cert, admin.cert_file, admin.key_file
+    rep = StatusReporter(client.ApiClient(cfg), "rtj", namespace, interval=0.5, request_timeout=2)
+    rep.update(Progress(step=40, totalSteps=40), TrainingMetrics(auc=0.91, evalStep=40))
+    closing = threading.Thread(target=rep.close, kwargs={"timeout": 30})
+    closing.start()
+    wait_for(lambda: rep.patches_failed >= 2, timeout=20, what="the final update to be retried")
+    assert closing.is_alive()
+    Forwarder("127.0.0.1", port, real.hostname, real.port).start()  # the API server is back
+    closing.join(40)
+    assert not closing.is_alive() and rep.patches_ok == 1
+    st = get_job(k8s_api, namespace, "rtj")["status"]
+    assert st["progress"]["step"] == 40 and st["metrics"]["auc"] == 0.91
 
 
 def token_kubeconfig(admin_kubeconfig: str, token: str, path: Path) -> str:

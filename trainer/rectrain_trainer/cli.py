@@ -25,6 +25,8 @@ from rectrain_api.trainer_config import JOB_NAME_ENV, JOB_NAMESPACE_ENV
 from .config import ConfigError, dist_env, load_config_env, load_config_file
 
 CONFIG_ERROR_EXIT_CODE = 2
+FINAL_REPORT_SECONDS = 60.0  # how long the last status update is retried at the end of a run
+PREEMPTED_REPORT_SECONDS = 5.0  # ... and after a SIGTERM, within the pod's grace period
 
 
 def _setup_logging(rank: int, level: str):
@@ -75,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                                       interval=cfg.reporting.progressIntervalSeconds)
         except Exception as e:  # no credentials at all: train anyway
             logging.getLogger("rectrain.reporter").warning("status reporting disabled: %s", e)
+    # The final step and AUC are worth waiting for through an API server restart; a preempted rank
+    # must leave within its grace period, and its next attempt reports again anyway.
+    report_timeout = FINAL_REPORT_SECONDS
     try:
         train(cfg, denv, reporter=reporter, progress_bar=bar)
         return 0
     except Preempted as e:
         logging.getLogger("rectrain.train").warning("%s; exiting with %d (preempted)", e, PREEMPTED_EXIT_CODE)
+        report_timeout = PREEMPTED_REPORT_SECONDS
         return PREEMPTED_EXIT_CODE
     except ConfigError as e:
         print(f"rectrain-train: {e}", file=sys.stderr)
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if reporter is not None:
-            reporter.close()
+            reporter.close(report_timeout)
 
 
 def preprocess_main(argv: list[str] | None = None) -> int:

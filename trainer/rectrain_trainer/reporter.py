@@ -4,7 +4,9 @@
 It never stops training: patches are sent from a background thread, at most every
 `interval` seconds, with the newest values only. On an API error it backs off exponentially
 (up to `max_backoff`), logs ONE warning for the first failure of a streak (later failures are
-debug-level) and one info line when patching works again.
+debug-level) and one info line when patching works again. `close` keeps retrying the last values
+through a transient outage (an API server restart) for up to its timeout, so the final step and AUC
+are not lost when training ends during a blip.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ log = logging.getLogger("rectrain.reporter")
 GROUP = "rectrain.io"
 PLURAL = "rectrainjobs"
 DEFAULT_VERSION = "v1alpha1"
+FINAL_RETRY_SECONDS = 2.0  # the longest pause between tries of the final update
+# Answers that no retry will change (no permission, the job is gone, an invalid patch).
+PERMANENT_STATUSES = {400, 401, 403, 404, 422}
 API_VERSION_ENV = "RECTRAIN_API_VERSION"  # override of the CRD version the reporter patches
 
 
@@ -55,6 +60,7 @@ class StatusReporter:
         self._cv = threading.Condition(self._lock)
         self._pending: dict[str, Any] | None = None
         self._closing = False
+        self._close_deadline = float("inf")
         self._failing = False
         self.patches_ok = 0
         self.patches_failed = 0
@@ -74,12 +80,18 @@ class StatusReporter:
                 self._pending.update(body)
             self._cv.notify()
 
-    def close(self, timeout: float = 10.0):
-        """Send what is pending (one last try) and stop."""
+    def close(self, timeout: float = 60.0):
+        """Send what is pending, retrying a transient failure for up to `timeout` seconds, and stop."""
         with self._cv:
             self._closing = True
+            self._close_deadline = time.monotonic() + timeout
             self._cv.notify()
-        self._thread.join(timeout)
+        self._thread.join(timeout + self.request_timeout + 1)
+        with self._cv:
+            lost = self._pending
+        if lost is not None:
+            log.warning("status reporter for %s/%s: the final update was not delivered (%s)",
+                        self.namespace, self.name, lost.get("progress") or lost)
         log.info("status reporter for %s/%s: %d patches sent, %d failed", self.namespace, self.name, self.patches_ok, self.patches_failed)
 
     # -- background thread --
@@ -95,45 +107,45 @@ class StatusReporter:
         while True:
             with self._cv:
                 while True:
-                    if self._closing:
+                    if self._pending is None:
+                        if self._closing:
+                            return
+                        self._cv.wait()
+                        continue
+                    # While closing, retry the final values soon rather than after the usual interval.
+                    gap = min(backoff, FINAL_RETRY_SECONDS) if self._closing else max(self.interval, backoff)
+                    wait = last_sent + gap - time.monotonic()
+                    if wait <= 0:
                         break
-                    now = time.monotonic()
-                    due = last_sent + max(self.interval, backoff)
-                    if self._pending is not None and now >= due:
-                        break
-                    self._cv.wait(timeout=None if self._pending is None else due - now)
+                    self._cv.wait(wait)
                 body, self._pending = self._pending, None
                 closing = self._closing
-            if body is not None:
-                last_sent = time.monotonic()
-                try:
-                    self._send(body)
-                except Exception as e:  # ApiException, connection errors, timeouts
-                    self.patches_failed += 1
-                    backoff = min(self.max_backoff, max(self.interval, backoff * 2 or self.interval))
-                    with self._cv:  # keep the newest values, merge what failed underneath
-                        if self._pending is None:
-                            self._pending = body
-                        else:
-                            self._pending = {**body, **self._pending}
-                    if not self._failing:
-                        self._failing = True
-                        self.warnings_logged += 1
-                        log.warning(
-                            "cannot update status of RecTrainJob %s/%s (%s); training continues, "
-                            "retrying with backoff up to %.0fs (further failures are logged at debug level)",
-                            self.namespace, self.name, _describe(e), self.max_backoff,
-                        )
-                    else:
-                        log.debug("status patch failed again: %s", _describe(e))
+            last_sent = time.monotonic()
+            try:
+                self._send(body)
+            except Exception as e:  # ApiException, connection errors, timeouts
+                self.patches_failed += 1
+                backoff = min(self.max_backoff, max(self.interval, backoff * 2 or self.interval))
+                with self._cv:  # keep the newest values, merge what failed underneath
+                    self._pending = body if self._pending is None else {**body, **self._pending}
+                if not self._failing:
+                    self._failing = True
+                    self.warnings_logged += 1
+                    log.warning(
+                        "cannot update status of RecTrainJob %s/%s (%s); training continues, "
+                        "retrying with backoff up to %.0fs (further failures are logged at debug level)",
+                        self.namespace, self.name, _describe(e), self.max_backoff,
+                    )
                 else:
-                    self.patches_ok += 1
-                    backoff = 0.0
-                    if self._failing:
-                        self._failing = False
-                        log.info("status updates of RecTrainJob %s/%s work again", self.namespace, self.name)
-            if closing:
-                return
+                    log.debug("status patch failed again: %s", _describe(e))
+                if closing and (getattr(e, "status", None) in PERMANENT_STATUSES or time.monotonic() >= self._close_deadline):
+                    return  # what is left pending, close() reports as not delivered
+            else:
+                self.patches_ok += 1
+                backoff = 0.0
+                if self._failing:
+                    self._failing = False
+                    log.info("status updates of RecTrainJob %s/%s work again", self.namespace, self.name)
 
 
 def _describe(e: Exception) -> str:
