@@ -97,7 +97,9 @@ def test_sigkill_the_operator_three_times_during_a_job(harness, operator, k8s_ap
 
     try:
         # 1. While creating the gang: kill as soon as the first pod exists.
-        harness.create_job("chaos", replicas=REPLICAS, runPolicy={"backoffLimit": 3, "restartBackoff": {"initialSeconds": 0}})
+        # A 2 s restart back-off: the Restarting phase lasts long enough to kill the operator in it, and
+        # the new operator must honour the restartAfter its predecessor wrote.
+        harness.create_job("chaos", replicas=REPLICAS, runPolicy={"backoffLimit": 3, "restartBackoff": {"initialSeconds": 2}})
         wait_for(lambda: harness.pods("chaos"), interval=0.01, what="the first pod")
         kill_and_restart(f"creating the gang ({len(harness.pods('chaos'))}/{REPLICAS} pods existed)")
         t0 = time.monotonic()
