@@ -67,7 +67,8 @@ Look around:
   kubectl get rtj $JOB -o yaml            # status.progress, status.metrics, conditions
   kubectl describe rtj $JOB               # events
   kubectl get pods -l rectrain.io/job-name=$JOB
-  rectrain-local logs $JOB-0-a0           # rank 0's output (pod names: <job>-<rank>-a<attempt>)
+  kubectl logs $JOB-0-a0                  # rank 0's output (pod names: <job>-<rank>-a<attempt>)
+  kubectl rectrain describe $JOB          # phase, restarts vs preemptions, progress, events
   rectrain-local reclaim <pod>            # simulate a spot reclaim
   make demo-down                          # stop the operator and the cluster
 MSG
