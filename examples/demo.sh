@@ -63,7 +63,7 @@ ls "$host_path" 2>/dev/null | sed 's/^/  /' || true
 cat <<MSG
 
 Look around:
-  export KUBECONFIG=$KUBECONFIG
+  export KUBECONFIG=$KUBECONFIG PATH=$ROOT/.venv/bin:\$PATH   # kubectl, helm, kubectl-rectrain, rectrain-local
   kubectl get rtj $JOB -o yaml            # status.progress, status.metrics, conditions
   kubectl describe rtj $JOB               # events
   kubectl get pods -l rectrain.io/job-name=$JOB
