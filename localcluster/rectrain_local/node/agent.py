@@ -113,6 +113,7 @@ class NodeAgent:
         self.workers: dict[str, "PodWorker"] = {}
         self.lock = threading.Lock()
         self.records_lock = threading.Lock()
+        self.hosts_lock = threading.Lock()
         self.stopping = threading.Event()
         self.ca_data = self._ca_data(kubeconfig)
         self.base_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
@@ -339,16 +340,19 @@ class NodeAgent:
 
     # ---- peers -----------------------------------------------------------------------------------
     def refresh_hosts(self) -> None:
-        with self.lock:
-            records = [r for r in self.pods.values() if r.ip and r.netns]
-        entries = [(r.ip, r.dns_names) for r in records]
-        api_entry = (self.network.gateway, list(API_SERVICE_NAMES))
-        for record in records:
-            peers = [e for e in entries if e[0] != record.ip] + [api_entry]
-            try:
-                network.write_hosts(record.netns, (record.ip, record.dns_names), peers)
-            except OSError as exc:
-                log.warning("hosts for %s: %s", record.netns, exc)
+        # One refresh at a time, snapshot and writes together: two pods starting at once must not let
+        # the older snapshot's write land last (a peer would then never appear in the other's hosts).
+        with self.hosts_lock:
+            with self.lock:
+                records = [r for r in self.pods.values() if r.ip and r.netns]
+            entries = [(r.ip, r.dns_names) for r in records]
+            api_entry = (self.network.gateway, list(API_SERVICE_NAMES))
+            for record in records:
+                peers = [e for e in entries if e[0] != record.ip] + [api_entry]
+                try:
+                    network.write_hosts(record.netns, (record.ip, record.dns_names), peers)
+                except OSError as exc:
+                    log.warning("hosts for %s: %s", record.netns, exc)
 
     # ---- the watch loop ----------------------------------------------------------------------------
     def handle(self, pod: dict) -> None:
