@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -131,6 +133,29 @@ def kubeconfig_with_token(admin_kubeconfig: str, token: str, path: Path) -> Path
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+@contextmanager
+def chart_rbac_applied(k8s_api, admin_kubeconfig: str, docs: list[dict], namespace: str,
+                       kubeconfig_path: Path) -> Iterator[tuple[list[dict], str, Path]]:
+    """The chart's RBAC objects among `docs` created in `namespace`, and a kubeconfig as its
+    ServiceAccount: (the RBAC docs, the account, the kubeconfig). The cluster-scoped objects are
+    deleted afterwards; the namespaced ones go with the namespace."""
+    from kubernetes import client, utils
+
+    rbac_docs = [d for d in docs if d["kind"] in RBAC_KINDS]
+    utils.create_from_yaml(k8s_api, yaml_objects=rbac_docs, namespace=namespace)
+    rbac = client.RbacAuthorizationV1Api(k8s_api)
+    try:
+        account = next(d for d in rbac_docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+        path = kubeconfig_with_token(admin_kubeconfig, token_for(k8s_api, namespace, account), kubeconfig_path)
+        yield rbac_docs, account, path
+    finally:
+        for d in rbac_docs:
+            if d["kind"] == "ClusterRole":
+                rbac.delete_cluster_role(d["metadata"]["name"])
+            elif d["kind"] == "ClusterRoleBinding":
+                rbac.delete_cluster_role_binding(d["metadata"]["name"])
 
 
 def client_with_token(k8s_api, token: str):

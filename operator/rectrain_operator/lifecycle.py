@@ -80,7 +80,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
     statuses = sorted(statuses, key=lambda c: c.get("name") != builders.CONTAINER_NAME)
     for c in statuses:
         state = c.get("state") or {}
-        started_at = started_at or _parse_rfc3339((state.get("running") or state.get("terminated") or {}).get("startedAt"))
+        started_at = started_at or parse_time((state.get("running") or state.get("terminated") or {}).get("startedAt"))
         term = state.get("terminated") or (c.get("lastState") or {}).get("terminated")
         if term:
             exit_code = term.get("exitCode")
@@ -181,19 +181,14 @@ def fmt_time(t: datetime) -> str:
 
 
 def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-
-
-def _parse_rfc3339(text: str | None) -> datetime | None:
-    """A kubelet timestamp (second precision or finer); None when absent or unreadable."""
+    """An RFC 3339 timestamp from the API (second precision or finer); None when absent or unreadable."""
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def set_condition(

@@ -75,6 +75,10 @@ class WorkQueue:
                 self._cond.wait(timeout)
             return None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def done(self, key: Key) -> None:
         with self._cond:
             self._busy.discard(key)
@@ -90,12 +94,6 @@ def _token_pending(exc: ChildError) -> bool:
     """The API server refused a pod because its ServiceAccount's token is not minted yet."""
     text = (exc.detail or "").lower()
     return "token" in text and ("serviceaccount" in text or "service account" in text)
-
-
-def _parse_k8s_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 class Reconciler:
@@ -139,7 +137,7 @@ class Reconciler:
     def _work(self) -> None:
         while True:
             while not self.active():  # standing by (peering): touch nothing, keep the keys
-                if self.queue._closed:
+                if self.queue.closed:
                     return
                 self.gate.wait(0.5)
             key = self.queue.get()
@@ -184,7 +182,7 @@ class Reconciler:
             status=job.get("status") or {},
             pods=pods,
             now=now or datetime.now(timezone.utc),
-            created=_parse_k8s_time(meta.get("creationTimestamp")),
+            created=lifecycle.parse_time(meta.get("creationTimestamp")),
             rejected=rejected,
         )
         decision = lifecycle.decide(obs)

@@ -141,9 +141,6 @@ class Standby:
                                 registry=metrics_registry)
             self._gauge.set(0)
 
-    def is_active(self) -> bool:
-        return self.active.is_set()
-
     def start(self) -> None:
         log.info("peering %r (%s), priority %d, as %s: standing by until the peering allows acting",
                  self.name, "cluster-wide" if self.scopes == [None] else ", ".join(map(str, self.scopes)),

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from jobs_support import RBAC_KINDS, kubeconfig_with_token, render_chart, token_for
+from jobs_support import chart_rbac_applied, render_chart
 from support import wait_for
 
 LIFETIME = 4  # --peering-lifetime: how long a killed replica still counts as alive
@@ -123,22 +123,17 @@ def test_standby_does_nothing_then_takes_over(kubeconfig, k8s_api, namespace, cr
 def test_peering_under_the_charts_rbac(kubeconfig, k8s_api, namespace, crd_installed, harness, tmp_path):
     """The operator with --peering as the chart's ServiceAccount (namespaced install): it becomes active and
     reconciles, and nothing it or kopf does is forbidden."""
-    from kubernetes import client, utils
+    from kubernetes import client
     from rtj_harness import Operator
 
     release = f"p{uuid.uuid4().hex[:5]}"
     name, docs = apply_peering(k8s_api, namespace, release)
-    rbac_docs = [d for d in docs if d["kind"] in RBAC_KINDS]
-    peering_rules = [r for d in rbac_docs if d["kind"] == "Role" for r in d["rules"] if "kopf.dev" in r["apiGroups"]]
-    assert peering_rules == [{"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["list", "watch", "patch"]}]
-    utils.create_from_yaml(k8s_api, yaml_objects=rbac_docs, namespace=namespace)
-    rbac = client.RbacAuthorizationV1Api(k8s_api)
-    try:
+    with chart_rbac_applied(k8s_api, kubeconfig, docs, namespace, tmp_path / "sa-kubeconfig") as (rbac_docs, _, path):
+        peering_rules = [r for d in rbac_docs if d["kind"] == "Role" for r in d["rules"] if "kopf.dev" in r["apiGroups"]]
+        assert peering_rules == [{"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["list", "watch", "patch"]}]
         (dep,) = [d for d in docs if d["kind"] == "Deployment"]
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
         assert f"--peering={name}" in args and "--priority=0" in args
-        account = next(d for d in rbac_docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-        path = kubeconfig_with_token(kubeconfig, token_for(k8s_api, namespace, account), tmp_path / "sa-kubeconfig")
         op = Operator(str(path), namespace, tmp_path / "operator.log", extra_args=peering_args(name, 0))
         try:
             op.start()
@@ -153,9 +148,3 @@ def test_peering_under_the_charts_rbac(kubeconfig, k8s_api, namespace, crd_insta
             op.kill()
         log = op.log_path.read_text()
         assert "forbidden" not in log.lower() and " 403" not in log, log[-3000:]
-    finally:
-        for d in rbac_docs:
-            if d["kind"] == "ClusterRole":
-                rbac.delete_cluster_role(d["metadata"]["name"])
-            elif d["kind"] == "ClusterRoleBinding":
-                rbac.delete_cluster_role_binding(d["metadata"]["name"])

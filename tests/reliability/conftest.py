@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from jobs_support import RBAC_KINDS, kubeconfig_with_token, render_chart, token_for
+from jobs_support import chart_rbac_applied, render_chart
 
 
 class ChartRbac:
@@ -30,26 +30,17 @@ class ChartRbac:
 @pytest.fixture(scope="session")
 def chart_rbac(k8s_api, kubeconfig, crd_installed, tmp_path_factory) -> ChartRbac:
     """The chart's RBAC objects (rendered by the real helm) applied to the cluster; a kubeconfig as its ServiceAccount."""
-    from kubernetes import client, utils
+    from kubernetes import client
 
     release = f"rel-{uuid.uuid4().hex[:5]}"
     namespace = f"rectrain-reliability-{uuid.uuid4().hex[:5]}"
-    docs = [d for d in render_chart(release, namespace) if d["kind"] in RBAC_KINDS]
     core = client.CoreV1Api(k8s_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    utils.create_from_yaml(k8s_api, yaml_objects=docs, namespace=namespace)
-    account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = token_for(k8s_api, namespace, account)
-    path = kubeconfig_with_token(kubeconfig, token, tmp_path_factory.mktemp("chart-rbac") / "kubeconfig")
-    rbac = client.RbacAuthorizationV1Api(k8s_api)
     try:
-        yield ChartRbac(namespace, account, docs, path)
+        with chart_rbac_applied(k8s_api, kubeconfig, render_chart(release, namespace), namespace,
+                                tmp_path_factory.mktemp("chart-rbac") / "kubeconfig") as (docs, account, path):
+            yield ChartRbac(namespace, account, docs, path)
     finally:
-        for d in docs:
-            if d["kind"] == "ClusterRole":
-                rbac.delete_cluster_role(d["metadata"]["name"])
-            elif d["kind"] == "ClusterRoleBinding":
-                rbac.delete_cluster_role_binding(d["metadata"]["name"])
         core.delete_namespace(namespace)
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 
 import pytest
 from kubernetes import client, watch
 from rectrain_api import job as api
+from rectrain_operator.lifecycle import parse_time
 from support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
@@ -93,14 +93,10 @@ class JobWatcher(threading.Thread):
             seen.append(step)
 
 
-def peak_rss_mb(pid: int) -> tuple[float, float]:
+def rss_mb(pid: int) -> tuple[float, float]:
     """(current RSS, peak RSS) of a process in MB, from /proc/<pid>/status."""
     fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def check_consistent(job: dict, pods: list) -> list[str]:
@@ -137,7 +133,7 @@ def check_consistent(job: dict, pods: list) -> list[str]:
 def test_hundred_jobs_at_once(harness, operator, k8s_api, namespace, pods_can_run):
     custom = client.CustomObjectsApi(k8s_api)
     core = client.CoreV1Api(k8s_api)
-    idle_rss, _ = peak_rss_mb(operator.proc.pid)
+    idle_rss, _ = rss_mb(operator.proc.pid)
     watcher = JobWatcher(k8s_api, namespace)
     watcher.start()
     names = [f"load-{i:03d}" for i in range(JOBS)]
@@ -152,7 +148,7 @@ def test_hundred_jobs_at_once(harness, operator, k8s_api, namespace, pods_can_ru
 
     def finished() -> bool:
         """True once every job succeeded, or as soon as one failed or the operator died (asserted below)."""
-        rss_samples.append(peak_rss_mb(operator.proc.pid)[0])
+        rss_samples.append(rss_mb(operator.proc.pid)[0])
         items = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]
         failed[:] = [j["metadata"]["name"] for j in items if (j.get("status") or {}).get("phase") == "Failed"]
         done = sum((j.get("status") or {}).get("phase") == "Succeeded" for j in items)
@@ -168,7 +164,7 @@ def test_hundred_jobs_at_once(harness, operator, k8s_api, namespace, pods_can_ru
                  what="the watch to see every job's progress")
     finally:
         watcher.stop.set()
-    _, peak = peak_rss_mb(operator.proc.pid)
+    _, peak = rss_mb(operator.proc.pid)
 
     jobs = {j["metadata"]["name"]: j for j in custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL)["items"]}
     pods: dict[str, list] = {n: [] for n in names}
