@@ -1,7 +1,9 @@
 """The RecTrainJob custom resource: spec (written by users) and status (written by the operator,
 except `status.progress` / `status.metrics`, which the trainer's rank 0 owns).
 
-These models are the single source of the CRD schema (see `rectrain_api.crd`). They import
+These models are the single source of the CRD schema (see `rectrain_api.crd`): every rule about
+one field is a Field constraint here, so the API server enforces it too. Rules that relate fields
+(which a Kubernetes 1.20 schema cannot express) live in `rectrain_api.validation`. They import
 pydantic only.
 """
 
@@ -12,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rectrain_api.progress import Progress, TrainingMetrics
+from rectrain_api.quantity import QUANTITY_PATTERN
 from rectrain_api.trainer_config import TrainerConfig
 
 GROUP = "rectrain.io"
@@ -28,9 +31,17 @@ LABEL_RANK = "rectrain.io/rank"
 LABEL_ATTEMPT = "rectrain.io/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "rectrain-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+
+# Pod labels and annotations users may not set in spec.pod: the operator selects and counts its pods
+# by them (and Kueue forms the gang from them), so a user value would break that.
+RESERVED_LABEL_PREFIX = f"{GROUP}/"
+RESERVED_LABELS = (LABEL_MANAGED_BY, KUEUE_QUEUE_LABEL, KUEUE_GROUP_LABEL)
+RESERVED_ANNOTATIONS = (KUEUE_COUNT_ANNOTATION,)
 
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 
 AnyObject = dict[str, Any]
 
@@ -59,12 +70,18 @@ class Toleration(_Model):
 class Resources(_Model):
     """Compute resources of each rank pod (its single `trainer` container)."""
 
-    cpu: str | None = Field(None, description="CPU request per pod, e.g. '4' or '500m'. Also sets OMP_NUM_THREADS = cpu / procs.")
-    memory: str | None = Field(None, description="Memory request per pod, e.g. '16Gi'.")
-    cpuLimit: str | None = Field(None, description="CPU limit per pod; empty means none.")
-    memoryLimit: str | None = Field(None, description="Memory limit per pod; empty means equal to the memory request.")
+    cpu: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="CPU request per pod, e.g. '4' or '500m'. Also sets OMP_NUM_THREADS = cpu / procs."
+    )
+    memory: str | None = Field(None, pattern=QUANTITY_PATTERN, description="Memory request per pod, e.g. '16Gi'.")
+    cpuLimit: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU limit per pod; empty means none.")
+    memoryLimit: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="Memory limit per pod; empty means equal to the memory request."
+    )
     shmSize: str | None = Field(
-        None, description="Size limit of the memory-backed /dev/shm volume (NCCL and data-loader workers need it); empty means unlimited."
+        None,
+        pattern=QUANTITY_PATTERN,
+        description="Size limit of the memory-backed /dev/shm volume (NCCL and data-loader workers need it); empty means unlimited.",
     )
 
 
@@ -88,6 +105,36 @@ class SpotPolicy(_Model):
         default_factory=dict, description="Labels that identify spot nodes (provider generic; added to other presets)."
     )
     tolerations: list[Toleration] = Field(default_factory=list, description="Extra tolerations for spot node taints.")
+
+
+SPOT_PRESETS: dict[str, dict[str, Any]] = {
+    # Each preset: alternative node-selector terms (ORed) and tolerations for the provider's spot taint.
+    "gke": {
+        "terms": [{"cloud.google.com/gke-spot": "true"}],
+        "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+    },
+    "eks": {
+        "terms": [{"eks.amazonaws.com/capacityType": "SPOT"}, {"karpenter.sh/capacity-type": "spot"}],
+        "tolerations": [],
+    },
+    "aks": {
+        "terms": [{"kubernetes.azure.com/scalesetpriority": "spot"}],
+        "tolerations": [
+            {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"}
+        ],
+    },
+    "generic": {"terms": [], "tolerations": []},
+}
+
+
+def spot_node_terms(spot: SpotPolicy) -> list[dict[str, str]]:
+    """The node labels of spot nodes, as alternative terms (a node matching any term is spot): the
+    provider preset's terms, each with spot.nodeLabels added (or spot.nodeLabels alone for generic).
+    The builders turn them into node affinity; validation checks nodeSelector against them."""
+    terms = [dict(t) for t in SPOT_PRESETS[spot.provider]["terms"]]
+    if spot.nodeLabels:
+        terms = [{**t, **spot.nodeLabels} for t in terms] or [dict(spot.nodeLabels)]
+    return terms
 
 
 class Scheduling(_Model):
@@ -173,8 +220,13 @@ class PodOverrides(_Model):
         None, description="Run rank pods under this ServiceAccount instead of the per-job '<job>-trainer' one (it then needs get/patch on rectrainjobs/status itself)."
     )
     imagePullSecrets: list[LocalObjectReference] = Field(default_factory=list, description="Secrets for pulling the image.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description=f"Extra pod annotations; {', '.join(RESERVED_ANNOTATIONS)} is the operator's."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Extra pod labels; keys under {RESERVED_LABEL_PREFIX} and {', '.join(RESERVED_LABELS)} are the operator's.",
+    )
     securityContext: AnyObject | None = Field(
         None,
         description="Pod securityContext fields merged over the restricted default (runAsNonRoot, runAsUser 1000, seccomp RuntimeDefault): a field given here overrides that field only.",

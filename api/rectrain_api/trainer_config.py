@@ -2,17 +2,23 @@
 
 The operator passes it to every rank unchanged (JSON in the env var named by
 TRAINER_CONFIG_ENV); `rectrain-train --config FILE` reads the same section from YAML/JSON.
+Single-field rules are Field constraints here (and so in the CRD); rules that relate fields are in
+`rectrain_api.validation.check_trainer`, which both the operator and the trainer run.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 TRAINER_CONFIG_ENV = "RECTRAIN_TRAINER_CONFIG"
 JOB_NAME_ENV = "RECTRAIN_JOB_NAME"
 JOB_NAMESPACE_ENV = "RECTRAIN_JOB_NAMESPACE"
+
+
+# Layer widths and table rows: a 0-wide layer or a 0-row table is never meant (and crashes in torch).
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class StrictModel(BaseModel):
@@ -25,17 +31,17 @@ class ModelConfig(StrictModel):
     """DLRM shape."""
 
     embeddingDim: int = Field(16, ge=1, le=1024, description="Width of every embedding vector.")
-    tableSizes: list[int] = Field(
+    tableSizes: list[PositiveInt] = Field(
         default_factory=lambda: [100_000] * 26,
         min_length=1,
-        description="Rows per categorical feature's EmbeddingBag table; categorical ids are hashed into this many rows.",
+        description="Rows per categorical feature's EmbeddingBag table (at least 1 each); categorical ids are hashed into this many rows.",
     )
     numDenseFeatures: int = Field(13, ge=0, le=4096, description="Count of dense (integer) features.")
-    bottomMlp: list[int] = Field(
+    bottomMlp: list[PositiveInt] = Field(
         default_factory=lambda: [64, 16],
-        description="Hidden sizes of the bottom MLP over dense features; the last must equal embeddingDim.",
+        description="Hidden sizes of the bottom MLP over dense features; the last must equal embeddingDim (unused without dense features).",
     )
-    topMlp: list[int] = Field(
+    topMlp: list[PositiveInt] = Field(
         default_factory=lambda: [64, 32], description="Hidden sizes of the top MLP; a final 1-unit layer is added."
     )
     interaction: Literal["dot", "dcn"] = Field(
@@ -58,7 +64,7 @@ class DataConfig(StrictModel):
         description="synthetic: planted Criteo-shaped data; criteo-tsv: Criteo TSV files (plain or .gz); binary: the output of rectrain-preprocess.",
     )
     paths: list[str] = Field(
-        default_factory=list, description="Training files (criteo-tsv) or directory (binary). Globs allowed."
+        default_factory=list, description="Training files (criteo-tsv) or directory (binary); required for both. Globs allowed."
     )
     evalPaths: list[str] = Field(
         default_factory=list, description="Held-out files; empty uses evalFraction of the training data."

@@ -7,43 +7,20 @@ per-job ServiceAccount/Role/RoleBinding that lets the trainer patch this job's s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from rectrain_api import job as api
+from rectrain_api.job import KUEUE_COUNT_ANNOTATION, KUEUE_GROUP_LABEL, KUEUE_QUEUE_LABEL, SPOT_PRESETS, spot_node_terms
+from rectrain_api.quantity import parse_quantity
 from rectrain_api.trainer_config import JOB_NAME_ENV, JOB_NAMESPACE_ENV, TRAINER_CONFIG_ENV
+from rectrain_api.validation import check_spec
 
 CONTAINER_NAME = "trainer"
 TRAINER_COMMAND = ["rectrain-train"]
+LAUNCHER_COMMAND = ["rectrain-launch"]
 GPU_RESOURCE = "nvidia.com/gpu"
-MAX_WORLD_SIZE = 4096
-
-SPOT_PRESETS: dict[str, dict[str, Any]] = {
-    # Each preset: alternative node-selector terms (ORed) and tolerations for the provider's spot taint.
-    "gke": {
-        "terms": [{"cloud.google.com/gke-spot": "true"}],
-        "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
-    },
-    "eks": {
-        "terms": [{"eks.amazonaws.com/capacityType": "SPOT"}, {"karpenter.sh/capacity-type": "spot"}],
-        "tolerations": [],
-    },
-    "aks": {
-        "terms": [{"kubernetes.azure.com/scalesetpriority": "spot"}],
-        "tolerations": [
-            {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"}
-        ],
-    },
-    "generic": {"terms": [], "tolerations": []},
-}
-
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
-
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -83,70 +60,9 @@ def master_addr(ref: JobRef) -> str:
 
 
 def validate(spec: api.RecTrainJobSpec, ref: JobRef) -> list[str]:
-    """What the schema cannot express. Each message names the field. Empty means valid."""
-    errors: list[str] = []
-    if not _DNS1035.match(ref.name):
-        errors.append(f"metadata.name: {ref.name!r} must be a DNS-1035 label (lowercase letters, digits, '-', starting with a letter): it names the headless Service")
-    longest = hostname(ref, spec.replicas - 1)
-    if len(longest) > 63 or len(pod_name(ref, spec.replicas - 1, 9999)) > 253:
-        errors.append(f"metadata.name: too long for {spec.replicas} ranks: pod hostname {longest!r} exceeds 63 characters")
-    if spec.gpusPerReplica > 0 and spec.procsPerReplica not in (None, spec.gpusPerReplica):
-        errors.append(
-            f"spec.procsPerReplica: {spec.procsPerReplica} conflicts with spec.gpusPerReplica {spec.gpusPerReplica} (one process per GPU); leave it empty"
-        )
-    if spec.world_size > MAX_WORLD_SIZE:
-        errors.append(f"spec.replicas: world size {spec.world_size} (replicas x procs) exceeds {MAX_WORLD_SIZE}")
-    training = spec.trainer.training
-    if spec.gpusPerReplica == 0:
-        if training.precision == "fp16":
-            errors.append("spec.trainer.training.precision: fp16 needs GPUs (set spec.gpusPerReplica > 0, or use bf16 on CPU)")
-        if training.device == "cuda":
-            errors.append("spec.trainer.training.device: cuda needs GPUs (set spec.gpusPerReplica > 0)")
-        if training.backend == "nccl":
-            errors.append("spec.trainer.training.backend: nccl needs GPUs (set spec.gpusPerReplica > 0, or use gloo)")
-    model = spec.trainer.model
-    if model.bottomMlp and model.bottomMlp[-1] != model.embeddingDim:
-        errors.append(
-            f"spec.trainer.model.bottomMlp: last size {model.bottomMlp[-1]} must equal spec.trainer.model.embeddingDim {model.embeddingDim}"
-        )
-    spot = spec.spot
-    if spot.enabled and spot.provider == "generic" and not spot.nodeLabels:
-        errors.append("spec.spot.nodeLabels: provider generic needs the labels that identify spot nodes")
-    if spot.enabled and spot.mode == "required":
-        for term in _spot_terms(spec):
-            for key, value in term.items():
-                if key in spec.scheduling.nodeSelector and spec.scheduling.nodeSelector[key] != value:
-                    errors.append(
-                        f"spec.scheduling.nodeSelector: {key}={spec.scheduling.nodeSelector[key]} contradicts spec.spot (required {key}={value})"
-                    )
-    for q in ("cpu", "memory", "cpuLimit", "memoryLimit", "shmSize"):
-        value = getattr(spec.resources, q)
-        if value is not None and parse_quantity(value) is None:
-            errors.append(f"spec.resources.{q}: {value!r} is not a Kubernetes quantity")
-    names = {v.get("name") for v in spec.pod.volumes}
-    if None in names:
-        errors.append("spec.pod.volumes: every volume needs a name")
-    for m in spec.pod.volumeMounts:
-        if m.name not in names and m.name != "dshm":
-            errors.append(f"spec.pod.volumeMounts: {m.name!r} is not in spec.pod.volumes")
-    return errors
-
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
-_SUFFIX = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-
-
-def parse_quantity(text: str) -> Decimal | None:
-    m = _QUANTITY.match(str(text).strip())
-    if not m:
-        return None
-    number, suffix = Decimal(m.group(1)), m.group(2) or ""
-    if suffix.startswith("e"):
-        return number * (Decimal(10) ** int(suffix[1:]))
-    return number * Decimal(_SUFFIX[suffix])
+    """What the schema cannot express (rectrain_api.validation, shared with the trainer and the
+    kubectl plugin). Each message names the field. Empty means valid."""
+    return check_spec(spec, ref.name)
 
 
 # ---------------------------------------------------------------------------------- children
@@ -264,6 +180,13 @@ def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int) -> list[dict[st
     return out
 
 
+def trainer_command(spec: api.RecTrainJobSpec) -> list[str]:
+    """One rank per pod runs the trainer itself; several run under torchrun, one process per GPU."""
+    if spec.procs > 1:
+        return [*LAUNCHER_COMMAND, *TRAINER_COMMAND]
+    return list(TRAINER_COMMAND)
+
+
 def _tolerations(spec: api.RecTrainJobSpec) -> list[dict[str, Any]]:
     tols: list[dict[str, Any]] = []
     if spec.gpusPerReplica > 0:
@@ -280,10 +203,7 @@ def _tolerations(spec: api.RecTrainJobSpec) -> list[dict[str, Any]]:
 
 
 def _spot_terms(spec: api.RecTrainJobSpec) -> list[dict[str, str]]:
-    terms = [dict(t) for t in SPOT_PRESETS[spec.spot.provider]["terms"]]
-    if spec.spot.nodeLabels:
-        terms = [{**t, **spec.spot.nodeLabels} for t in terms] or [dict(spec.spot.nodeLabels)]
-    return terms
+    return spot_node_terms(spec.spot)
 
 
 def _affinity(spec: api.RecTrainJobSpec) -> dict[str, Any] | None:
@@ -339,15 +259,17 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop"
 
 def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int) -> dict[str, Any]:
     """The Pod of one rank in one gang attempt."""
-    extra_labels = {**spec.pod.labels, api.LABEL_RANK: str(rank), api.LABEL_ATTEMPT: str(attempt)}
-    annotations = dict(spec.pod.annotations)
+    our_labels = {api.LABEL_RANK: str(rank), api.LABEL_ATTEMPT: str(attempt)}
+    our_annotations: dict[str, str] = {}
     if spec.scheduling.queueName:
-        extra_labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queueName
-        extra_labels[KUEUE_GROUP_LABEL] = f"{ref.name}-a{attempt}"
-        annotations[KUEUE_COUNT_ANNOTATION] = str(spec.replicas)
-    meta = _meta(ref, pod_name(ref, rank, attempt), extra_labels)
-    # Our labels win over user labels.
+        our_labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queueName
+        our_labels[KUEUE_GROUP_LABEL] = f"{ref.name}-a{attempt}"
+        our_annotations[KUEUE_COUNT_ANNOTATION] = str(spec.replicas)
+    meta = _meta(ref, pod_name(ref, rank, attempt), our_labels)
+    # Our labels and annotations win over the user's: the operator selects, counts and gangs its
+    # pods by them. (Validation refuses user values for these keys; this holds without it too.)
     meta["labels"] = {**spec.pod.labels, **meta["labels"]}
+    annotations = {**spec.pod.annotations, **our_annotations}
     if annotations:
         meta["annotations"] = annotations
     shm: dict[str, Any] = {"medium": "Memory"}
@@ -357,7 +279,7 @@ def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int) -
         "name": CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": spec.imagePullPolicy,
-        "command": list(TRAINER_COMMAND),
+        "command": trainer_command(spec),
         "env": build_env(spec, ref, rank),
         "ports": [{"name": "rendezvous", "containerPort": spec.masterPort, "protocol": "TCP"}],
         "resources": _resources(spec),

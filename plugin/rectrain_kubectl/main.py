@@ -1,6 +1,7 @@
 """`kubectl rectrain` (an executable named kubectl-rectrain on PATH).
 
     kubectl rectrain submit FILE [-n NS] [--watch]      create (or update) the RecTrainJob(s) in FILE ('-': stdin)
+                                                        once every one is valid (else: each error, by field)
     kubectl rectrain list [-n NS | -A]
     kubectl rectrain watch NAME [-n NS] [--timeout S]   live progress from status.progress until the job ends
     kubectl rectrain describe NAME [-n NS]              phase, conditions, restarts vs preemptions, progress, events
@@ -18,6 +19,8 @@ from pathlib import Path
 import yaml
 from kubernetes import client, config
 from tqdm import tqdm
+
+from rectrain_api.validation import check_manifest
 
 GROUP, VERSION, PLURAL, KIND = "rectrain.io", "v1alpha1", "rectrainjobs", "RecTrainJob"
 FINISHED = ("Succeeded", "Failed")
@@ -139,8 +142,19 @@ def _api_error(exc: client.ApiException) -> str:
 # ------------------------------------------------------------------------------ submit
 
 
+def submit_errors(doc) -> list[str]:
+    """Why `submit` refuses one document of the file: not a RecTrainJob, or one that breaks the
+    schema (unknown fields included) or a rule the operator would fail it for. The same models and
+    rules as the operator and the trainer (rectrain_api.validation); empty means it may be sent."""
+    if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
+        what = f"{doc.get('apiVersion')}/{doc.get('kind')}" if isinstance(doc, dict) else type(doc).__name__
+        return [f"not a {GROUP}/{VERSION} {KIND}: {what} (use kubectl apply for other objects)"]
+    return check_manifest(doc)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Create each RecTrainJob in FILE; an existing job of the same name is updated (its spec replaced)."""
+    """Create each RecTrainJob in FILE; an existing job of the same name is updated (its spec replaced).
+    Nothing is sent unless every document in the file is valid."""
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         docs = [d for d in yaml.safe_load_all(text) if d]
@@ -148,12 +162,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _fail(f"{args.file}: {exc}")
     if not docs:
         return _fail(f"{args.file}: no objects")
-    for doc in docs:
-        if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
-            what = f"{doc.get('apiVersion')}/{doc.get('kind')}" if isinstance(doc, dict) else type(doc).__name__
-            return _fail(f"{args.file}: not a {GROUP}/{VERSION} {KIND}: {what} (use kubectl apply for other objects)")
-        if not (doc.get("metadata") or {}).get("name"):
-            return _fail(f"{args.file}: a {KIND} without metadata.name")
+    errors = [f"{args.file}: {message}" for doc in docs for message in submit_errors(doc)]
+    for message in errors:
+        _fail(message)
+    if errors:
+        return 1
     api = _api(args.kubeconfig)
     default_ns = _namespace(args)
     submitted = []

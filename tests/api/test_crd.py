@@ -80,8 +80,20 @@ def test_defaults_round_trip_through_pydantic():
 
 def test_api_imports_only_pydantic():
     code = (
-        "import sys, rectrain_api.job, rectrain_api.crd;"
+        "import sys, rectrain_api.job, rectrain_api.crd, rectrain_api.validation;"
         "bad=[m for m in ('kopf','kubernetes','torch','rectrain_operator') if m in sys.modules];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_single_field_rules_are_in_the_schema():
+    """What a schema can say is said there, so the API server refuses it at apply time too."""
+    from rectrain_api.quantity import QUANTITY_PATTERN
+
+    spec = yaml.safe_load(crd.render())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    model = spec["properties"]["trainer"]["properties"]["model"]["properties"]
+    for field in ("tableSizes", "bottomMlp", "topMlp"):
+        assert model[field]["items"]["minimum"] == 1, field
+    for field in ("cpu", "memory", "cpuLimit", "memoryLimit", "shmSize"):
+        assert spec["properties"]["resources"]["properties"][field]["pattern"] == QUANTITY_PATTERN, field

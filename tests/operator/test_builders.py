@@ -8,6 +8,7 @@ import pytest
 
 from rectrain_api.job import RecTrainJobSpec
 from rectrain_api.trainer_config import TrainerConfig
+from rectrain_api.validation import check_spec, longest_hostname
 from rectrain_operator import builders
 
 REF = builders.JobRef("dlrm", "team-a", "uid-1")
@@ -34,7 +35,7 @@ def test_gpu_pods_env_resources_and_tolerations():
     owner = p3["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "RecTrainJob" and owner["uid"] == "uid-1" and owner["controller"] is True
     c = p3["spec"]["containers"][0]
-    assert c["command"] == ["rectrain-train"]
+    assert c["command"] == ["rectrain-launch", "rectrain-train"], "4 ranks per pod run under torchrun"
     assert c["resources"] == {"requests": {"cpu": "16", "memory": "64Gi"},
                               "limits": {"memory": "64Gi", "nvidia.com/gpu": "4"}}
     env = env_of(p3)
@@ -65,6 +66,9 @@ def test_cpu_pods():
     env = env_of(p)
     assert env["WORLD_SIZE"] == "4" and env["RANK"] == "2" and env["LOCAL_WORLD_SIZE"] == "2"
     assert env["OMP_NUM_THREADS"] == "1"
+    assert p["spec"]["containers"][0]["command"] == ["rectrain-launch", "rectrain-train"]
+    one_rank = builders.build_pod(spec(replicas=2, gpusPerReplica=1), REF, rank=1, attempt=0)
+    assert one_rank["spec"]["containers"][0]["command"] == ["rectrain-train"], "one rank per pod needs no launcher"
     assert "nvidia.com/gpu" not in json.dumps(p)
     assert "tolerations" not in p["spec"]
     assert "NCCL_SOCKET_IFNAME" not in env
@@ -146,21 +150,26 @@ def test_service_and_rbac():
     "kw,field",
     [
         ({"trainer": {"training": {"precision": "fp16"}}}, "spec.trainer.training.precision"),
-        ({"trainer": {"training": {"device": "cuda"}}}, "spec.trainer.training.device"),
-        ({"trainer": {"training": {"backend": "nccl"}}}, "spec.trainer.training.backend"),
         ({"gpusPerReplica": 2, "procsPerReplica": 3}, "spec.procsPerReplica"),
-        ({"replicas": 1024, "procsPerReplica": 8}, "spec.replicas"),
-        ({"spot": {"enabled": True, "provider": "generic"}}, "spec.spot.nodeLabels"),
-        ({"spot": {"enabled": True, "provider": "gke", "mode": "required"},
-          "scheduling": {"nodeSelector": {"cloud.google.com/gke-spot": "false"}}}, "spec.scheduling.nodeSelector"),
-        ({"resources": {"memory": "lots"}}, "spec.resources.memory"),
         ({"trainer": {"model": {"embeddingDim": 8}}}, "spec.trainer.model.bottomMlp"),
-        ({"pod": {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}}, "spec.pod.volumeMounts"),
+        # Once refused only by the trainer, when the pods started:
+        ({"trainer": {"data": {"source": "criteo-tsv"}}}, "spec.trainer.data.paths"),
+        ({"trainer": {"model": {"bottomMlp": []}}}, "spec.trainer.model.bottomMlp"),
+        ({"pod": {"labels": {"rectrain.io/job-name": "other"}}}, "spec.pod.labels"),
     ],
 )
-def test_validate_names_the_field(kw, field):
-    errors = builders.validate(spec(**kw), REF)
-    assert len(errors) == 1 and errors[0].startswith(field), errors
+def test_validate_is_the_shared_rules(kw, field):
+    """builders.validate is rectrain_api.validation.check_spec (every rule is tabled in tests/api)."""
+    s = spec(**kw)
+    errors = builders.validate(s, REF)
+    assert len(errors) == 1 and errors[0].startswith(f"{field}: "), errors
+    assert errors == check_spec(s, REF.name)
+
+
+def test_validate_accepts_no_dense_features_with_any_bottom_mlp():
+    """The bottom MLP is unused without dense features (the operator used to refuse this)."""
+    s = spec(trainer={"model": {"numDenseFeatures": 0, "embeddingDim": 32}})
+    assert builders.validate(s, REF) == []
 
 
 def test_validate_name():
@@ -169,10 +178,32 @@ def test_validate_name():
     assert builders.validate(spec(trainer={"training": {"precision": "fp16"}}, gpusPerReplica=1), REF) == []
 
 
-def test_parse_quantity():
-    assert builders.parse_quantity("500m") == builders.parse_quantity("0.5")
-    assert builders.parse_quantity("1Gi") == 2**30
-    assert builders.parse_quantity("x") is None
+def test_name_length_rule_matches_the_hostnames_built():
+    """validation knows the hostname scheme without importing the builders: they must agree."""
+    for name, replicas in (("a" * 61, 10), ("dlrm", 1), ("b" * 58, 1000)):
+        ref = builders.JobRef(name, "ns", "u")
+        assert longest_hostname(name, replicas) == builders.hostname(ref, replicas - 1)
+        assert len(builders.hostname(ref, replicas - 1)) <= 63
+        assert builders.validate(spec(replicas=replicas), ref) == []
+
+
+def test_operator_labels_and_annotations_win_over_the_pods_own():
+    """Validation refuses these keys; even so, a spec that skipped it cannot relabel the pods."""
+    user_labels = {
+        "rectrain.io/job-name": "other", "rectrain.io/rank": "7", "rectrain.io/attempt": "9",
+        "app.kubernetes.io/managed-by": "me", "kueue.x-k8s.io/queue-name": "theirs", "kueue.x-k8s.io/pod-group-name": "g",
+        "team": "ads",
+    }
+    s = spec(replicas=3, scheduling={"queueName": "team-q"},
+             pod={"labels": user_labels, "annotations": {"kueue.x-k8s.io/pod-group-total-count": "99", "note": "x"}})
+    pod = builders.build_pod(s, REF, 2, 1)
+    assert pod["metadata"]["labels"] == {
+        "rectrain.io/job-name": "dlrm", "rectrain.io/rank": "2", "rectrain.io/attempt": "1",
+        "app.kubernetes.io/managed-by": "rectrain-operator", "kueue.x-k8s.io/queue-name": "team-q",
+        "kueue.x-k8s.io/pod-group-name": "dlrm-a1", "team": "ads",
+    }
+    assert pod["metadata"]["annotations"] == {"kueue.x-k8s.io/pod-group-total-count": "3", "note": "x"}
+    assert len(builders.validate(s, REF)) == 7  # six reserved labels and the annotation
 
 
 def test_pod_security_context_is_merged_over_the_restricted_default():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from rectrain_api.trainer_config import TRAINER_CONFIG_ENV
+from rectrain_api.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
 from rectrain_trainer.cli import CONFIG_ERROR_EXIT_CODE, main
 from rectrain_trainer.config import ConfigError, dist_env, load_config_env, parse_config
 from rectrain_trainer.metrics import RankMetrics, log_loss, roc_auc
@@ -69,6 +69,27 @@ def test_bad_config_fails_fast_naming_the_field(tmp_path, capsys):
         load_config_env({TRAINER_CONFIG_ENV: "{not json"})
 
 
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"data": {"source": "criteo-tsv"}}, "data.paths: required when data.source is criteo-tsv"),
+        ({"model": {"tableSizes": [0, 5]}}, "model.tableSizes[0]: Input should be greater than or equal to 1"),
+        ({"model": {"bottomMlp": []}}, "model.bottomMlp: needs at least one layer"),
+        ({"training": {"precision": "fp16", "device": "cpu"}}, "training.precision: fp16 needs a CUDA device"),
+    ],
+)
+def test_config_rules_are_the_operators(section, message):
+    """The trainer refuses with the shared rules (rectrain_api.validation), in its message style."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(section)
+    assert str(refused.value).startswith(f"invalid trainer configuration:\n  {message}"), refused.value
+
+
+def test_no_dense_features_need_no_matching_bottom_mlp():
+    cfg = parse_config({"model": {"numDenseFeatures": 0, "embeddingDim": 32, "bottomMlp": [64, 16]}})
+    assert cfg.model.embeddingDim == 32
+
+
 def test_config_from_env_and_file_and_whole_manifest(tmp_path, capsys):
     cfg = tiny_config(training={"precision": "bf16"})
     assert load_config_env({TRAINER_CONFIG_ENV: json.dumps(cfg)}).training.precision == "bf16"
@@ -81,11 +102,15 @@ def test_config_from_env_and_file_and_whole_manifest(tmp_path, capsys):
 
 
 def test_fp16_on_cpu_is_refused_with_the_field():
+    """parse_config refuses fp16 with device cpu; train() still refuses it for a config that skipped
+    parse_config (and for device auto on a machine without CUDA)."""
     from rectrain_trainer.train import train
 
-    cfg = parse_config(tiny_config(training={"precision": "fp16", "device": "cpu"}))
+    section = tiny_config(training={"precision": "fp16", "device": "cpu"})
     with pytest.raises(ConfigError, match="training.precision: fp16 needs a CUDA device"):
-        train(cfg)
+        parse_config(section)
+    with pytest.raises(ConfigError, match="training.precision: fp16 needs a CUDA device"):
+        train(TrainerConfig.model_validate(section))
 
 
 def test_dist_env():

@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from rectrain_api.trainer_config import TRAINER_CONFIG_ENV, TrainerConfig
+from rectrain_api.validation import check_trainer, schema_messages
 
 
 class ConfigError(ValueError):
@@ -18,11 +19,11 @@ class ConfigError(ValueError):
 
 
 def format_validation_error(e: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
-        lines.append(f"{prefix}{loc}: {err['msg']}")
-    return "invalid trainer configuration:\n  " + "\n  ".join(lines)
+    return _invalid(schema_messages(e, prefix))
+
+
+def _invalid(messages: list[str]) -> str:
+    return "invalid trainer configuration:\n  " + "\n  ".join(messages)
 
 
 def parse_config(data) -> TrainerConfig:
@@ -42,18 +43,11 @@ def parse_config(data) -> TrainerConfig:
 
 
 def check_config(cfg: TrainerConfig) -> None:
-    """Cross-field rules the field types alone cannot express."""
-    m = cfg.model
-    if m.numDenseFeatures > 0 and m.bottomMlp and m.bottomMlp[-1] != m.embeddingDim:
-        raise ConfigError(
-            f"invalid trainer configuration:\n  model.bottomMlp: the last size ({m.bottomMlp[-1]}) must equal model.embeddingDim ({m.embeddingDim})"
-        )
-    if m.numDenseFeatures > 0 and not m.bottomMlp:
-        raise ConfigError("invalid trainer configuration:\n  model.bottomMlp: needs at least one layer (ending in embeddingDim)")
-    if any(s < 1 for s in m.tableSizes):
-        raise ConfigError("invalid trainer configuration:\n  model.tableSizes: every table needs at least 1 row")
-    if cfg.data.source in ("criteo-tsv", "binary") and not cfg.data.paths:
-        raise ConfigError(f"invalid trainer configuration:\n  data.paths: required when data.source is {cfg.data.source}")
+    """Cross-field rules the field types alone cannot express: the same rules the operator and
+    `kubectl rectrain submit` apply to spec.trainer (rectrain_api.validation)."""
+    messages = check_trainer(cfg)
+    if messages:
+        raise ConfigError(_invalid(messages))
 
 
 def load_config_file(path: str | Path) -> TrainerConfig:

@@ -147,8 +147,9 @@ class DLRM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.embeddingDim
-        if cfg.numDenseFeatures > 0 and cfg.bottomMlp and cfg.bottomMlp[-1] != d:
-            raise ValueError(f"model.bottomMlp: the last size ({cfg.bottomMlp[-1]}) must equal model.embeddingDim ({d})")
+        # rectrain_api.validation.check_trainer refuses such a config; this only turns a programming
+        # error (a ModelConfig that skipped it) into a clear one instead of a shape error in forward().
+        assert cfg.numDenseFeatures == 0 or cfg.bottomMlp[-1:] == [d], "bottomMlp must end in embeddingDim"
         self.cfg = cfg
         self.num_dense = cfg.numDenseFeatures
         self.embeddings = EmbeddingTables(cfg.tableSizes, d)
