@@ -90,7 +90,17 @@ class OptimizerConfig(StrictModel):
 class TrainingConfig(StrictModel):
     epochs: int = Field(1, ge=1, description="Passes over the training data.")
     maxSteps: int | None = Field(None, ge=1, description="Stop after this many global steps (overrides epochs when smaller).")
-    batchSize: int = Field(2048, ge=1, description="Samples per step per rank (the global batch is batchSize x world size).")
+    batchSize: int = Field(
+        2048, ge=1, description="Samples per step per rank (the global batch is batchSize x world size); unused when globalBatchSize is set."
+    )
+    globalBatchSize: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Samples per step across all ranks, the same at every world size (each rank takes an equal share); "
+            "elastic jobs need it, so that a step means the same rows whatever the job's size. Empty: batchSize x world size."
+        ),
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp16 needs a GPU (autocast + GradScaler); bf16 runs on CPU and GPU."
     )
@@ -100,6 +110,10 @@ class TrainingConfig(StrictModel):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto uses CUDA when present, else CPU (and says so).")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     dataLoaderWorkers: int = Field(1, ge=0, le=64, description="Background batch-preparation workers per rank.")
+
+    def global_batch(self, world_size: int) -> int:
+        """Samples per step across the job's ranks at this world size."""
+        return self.globalBatchSize or self.batchSize * world_size
 
 
 class CheckpointConfig(StrictModel):

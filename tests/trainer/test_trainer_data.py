@@ -120,9 +120,9 @@ def test_sharding_sees_every_row_exactly_once_per_epoch(rows, batch, world):
         seen = []
         steps = None
         for rank in range(world):
-            parts = list(D.shard_indices(rows, batch, world, rank, seed=5, epoch=epoch))
+            parts = list(D.shard_indices(rows, batch * world, world, rank, seed=5, epoch=epoch))
             steps = len(parts) if steps is None else steps
-            assert len(parts) == steps == D.steps_per_epoch(rows, batch, world)  # all ranks step together
+            assert len(parts) == steps == D.steps_per_epoch(rows, batch * world)  # all ranks step together
             for idx, gsize in parts:
                 assert len(idx) <= batch and gsize <= batch * world
                 seen.extend(idx.tolist())
@@ -132,32 +132,49 @@ def test_sharding_sees_every_row_exactly_once_per_epoch(rows, batch, world):
     assert np.array_equal(D.epoch_order(rows, 5, 1), D.epoch_order(rows, 5, 1))
 
 
+@pytest.mark.parametrize("rows,global_batch", [(100, 12), (101, 7), (30, 64)])
+def test_a_step_covers_the_same_rows_at_every_world_size(rows, global_batch):
+    """A global batch kept constant (training.globalBatchSize) makes step g the same rows whatever
+    the world size: an elastic job resumed at another size continues from the right row."""
+    def step_rows(world: int) -> list[list[int]]:
+        per_rank = [list(D.shard_indices(rows, global_batch, world, rank, seed=2, epoch=1)) for rank in range(world)]
+        return [sorted(np.concatenate([part[step][0] for part in per_rank]).tolist()) for step in range(len(per_rank[0]))]
+
+    one = step_rows(1)
+    assert len(one) == D.steps_per_epoch(rows, global_batch)
+    assert step_rows(2) == one and step_rows(3) == one
+
+
 def test_batch_loader_prefetch_matches_sync_and_skip_resumes_position():
-    train, _ev, _pm = D.synthetic_datasets(4, [50, 7, 100, 20], 1000, 10, seed=1)
+    # Feature 1 takes 50 values in the data but has a 7-row table: the loader hashes it (value % 7).
+    train, _ev, _planted = D.synthetic_datasets(4, [50, 50, 100, 20], 1000, 10, seed=1)
     sizes = [50, 7, 100, 20]
-    sync = list(D.BatchLoader(train, 64, 2, 1, 3, 0, sizes, workers=0))
-    pre = list(D.BatchLoader(train, 64, 2, 1, 3, 0, sizes, workers=2))
-    skipped = list(D.BatchLoader(train, 64, 2, 1, 3, 0, sizes, skip=3, workers=1))
+    assert train.cat[:, 1].max() >= 7
+    sync = list(D.BatchLoader(train, 128, 2, 1, 3, 0, sizes, workers=0))
+    pre = list(D.BatchLoader(train, 128, 2, 1, 3, 0, sizes, workers=2))
+    skipped = list(D.BatchLoader(train, 128, 2, 1, 3, 0, sizes, skip=3, workers=1))
     assert len(sync) == len(pre) == 8 and len(skipped) == 5
     for a, b in zip(sync, pre):
         assert a.cat.equal(b.cat) and a.dense.equal(b.dense) and a.label.equal(b.label)
     for a, b in zip(sync[3:], skipped):
         assert a.cat.equal(b.cat)
-    cat = np.concatenate([b.cat.numpy() for b in sync])
-    assert cat.max(axis=0).tolist() <= [49, 6, 99, 19]  # hashed into table sizes (7 < cardinality)
-    assert cat[:, 1].max() == 6
+    # Each batch holds rank 1's rows of its global step (in row order), categories hashed into the tables.
+    shards = [np.sort(idx) for idx, _ in D.shard_indices(len(train), 128, 2, 1, seed=3, epoch=0)]
+    for b, rows in zip(sync, shards, strict=True):
+        assert np.array_equal(b.cat.numpy(), train.cat[rows].astype(np.int64) % np.asarray(sizes))
+        assert np.array_equal(b.label.numpy(), train.label[rows].astype(np.float32))
 
 
 def test_synthetic_is_planted_and_reproducible():
-    a_tr, a_ev, pm = D.synthetic_datasets(4, [50, 50], 5000, 3000, seed=9)
+    a_tr, a_ev, planted = D.synthetic_datasets(4, [50, 50], 5000, 3000, seed=9)
     b_tr, _b_ev, _ = D.synthetic_datasets(4, [50, 50], 5000, 3000, seed=9)
     assert np.array_equal(a_tr.cat, b_tr.cat) and np.array_equal(a_tr.label, b_tr.label)
     from rectrain_trainer.metrics import roc_auc
 
-    oracle = roc_auc(a_ev.label, pm.logit(a_ev))
+    oracle = roc_auc(a_ev.label, planted.logit(a_ev))
     assert 0.7 < oracle < 1.0
     # the labels really follow the planted model: its calibrated probabilities match the base rate
-    p = 1 / (1 + np.exp(-pm.logit(a_tr)))
+    p = 1 / (1 + np.exp(-planted.logit(a_tr)))
     assert abs(p.mean() - a_tr.label.mean()) < 0.02
 
 

@@ -171,7 +171,10 @@ def test_resume_restores_every_optimizer(tmp_path, sparse, dense):
 
     train(cfg(tmp_path / "a", 150))
     train(cfg(tmp_path / "b", 70))  # stops mid-epoch 1 ...
-    assert train(cfg(tmp_path / "b", 150)).step == 150  # ... and continues from its checkpoint
+    resumed = train(cfg(tmp_path / "b", 150))  # ... and continues from its checkpoint:
+    # its log windows (every 10 steps) start after step 70. (A run that ignored the checkpoint
+    # would end with the very same parameters, so the comparison below alone proves nothing.)
+    assert resumed.step == 150 and [s for s, _ in resumed.history] == list(range(80, 151, 10))
     assert_params_close(
         ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "a")),
         ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "b")),
@@ -193,6 +196,7 @@ def test_latest_checkpoint_ignores_incomplete_ones(tmp_path):
     # a finished run resumed does no more steps
     again = train(parse_config(tiny_config(training={"batchSize": 64, "epochs": 1}, checkpoint={"directory": str(tmp_path)})))
     assert again.step == 63 and again.auc == pytest.approx(r.auc)
+    assert again.history == [] and again.train_loss is None  # not one step (a fresh run ends the same)
 
 
 @pytest.mark.parametrize("sparse", ["sgd", "sparseadam"])
@@ -217,9 +221,38 @@ def test_two_ranks_match_one_rank_with_other_sparse_optimizers(tmp_path, sparse)
 
 
 
+def test_resume_at_another_world_size_with_a_constant_global_batch(tmp_path):
+    """An elastic job's resize: 2 ranks train 12 of 32 steps, 3 ranks resume from their checkpoint
+    and finish; with the same global batch that ends where 1 uninterrupted rank ends."""
+    base = dict(data={"source": "synthetic", "synthetic": {"rows": 2001, "evalRows": 500, "seed": 5}},
+                reporting={"metricsPort": 0, "logEverySteps": 10_000})
+    opt = {"sparse": "adagrad", "dense": "adagrad", "learningRate": 0.02}
+
+    def config(directory: Path, **training) -> dict:
+        return tiny_config(training={"globalBatchSize": 64, "optimizer": opt, **training},
+                           checkpoint={"directory": str(directory), "everySteps": 6}, **base)
+
+    two = finish(start_ranks(config(tmp_path / "elastic", maxSteps=12), 2))
+    assert [rc for rc, _, _ in two] == [0, 0], two[0][2][-3000:]
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path / "elastic")][-1] == 12
+    three = finish(start_ranks(config(tmp_path / "elastic"), 3))
+    assert [rc for rc, _, _ in three] == [0, 0, 0], three[0][2][-3000:]
+    assert f"resumed from {tmp_path / 'elastic'}/step-00000012" in three[0][2]
+    assert "checkpoint was written with global batch" not in three[0][2], "the global batch must not change"
+    assert final_line(three[0][1])["step"] == 32
+
+    one = train(parse_config(config(tmp_path / "one")))
+    assert one.step == 32
+    assert_params_close(
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "elastic")),
+        ckpt.load_model_tensors(ckpt.latest_checkpoint(tmp_path / "one")),
+        1e-3,
+    )
+
+
 EXCHANGE = """
 import os, sys, torch, torch.distributed as dist
-from rectrain_trainer.train import _allreduce_sparse_grad
+from rectrain_trainer.sparse_exchange import allreduce_sparse_grad
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 dist.init_process_group("gloo", rank=rank, world_size=world)
 g = torch.Generator().manual_seed(rank)
@@ -227,9 +260,12 @@ rows = torch.unique(torch.randint(0, 50, (30,), generator=g))
 vals = torch.randn(rows.numel(), 4, generator=g)
 p = torch.nn.Parameter(torch.zeros(50, 4))
 p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (50, 4)).coalesce()
-stop = _allreduce_sparse_grad(p, world, rank == 1)
-torch.save({"grad": p.grad.to_dense(), "coalesced": p.grad.is_coalesced(), "stop": stop,
-            "mine": torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (50, 4)).to_dense()}, sys.argv[1] + f"/{rank}.pt")
+stop = allreduce_sparse_grad(p, world, rank == 1)
+out = {"grad": p.grad.to_dense(), "coalesced": p.grad.is_coalesced(), "stop": stop,
+       "mine": torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (50, 4)).to_dense()}
+p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (50, 4)).coalesce()
+out["calm"] = allreduce_sparse_grad(p, world, False)  # no rank got SIGTERM
+torch.save(out, sys.argv[1] + f"/{rank}.pt")
 dist.destroy_process_group()
 """
 
@@ -252,7 +288,8 @@ def test_sparse_gradient_exchange_averages_and_keeps_ranks_in_step(tmp_path):
     assert [rc for rc, _, _ in res] == [0, 0], res[0][2][-2000:] + res[1][2][-2000:]
     out = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
     assert torch.equal(out[0]["grad"], out[1]["grad"])  # ranks stay in step, bit for bit
-    assert all(o["coalesced"] and o["stop"] for o in out)
+    assert all(o["coalesced"] and o["stop"] for o in out)  # rank 1's SIGTERM reached rank 0 too
+    assert not any(o["calm"] for o in out)
     assert torch.allclose(out[0]["grad"], sum(o["mine"] for o in out) / 2, atol=1e-6)
 
 
@@ -273,3 +310,23 @@ def test_two_bf16_ranks_end_where_one_rank_ends(tmp_path):
     assert abs(f2["auc"] - r1.auc) < 0.01 and abs(f2["logloss"] - r1.logloss) < 0.01
     # (bf16 runs with different per-rank batch shapes drift apart parameter by parameter, so the
     # outcome is compared; the exchange itself is tested above.)
+
+
+@pytest.mark.parametrize("local_rank,devices,want", [(0, 4, 0), (1, 4, 1), (3, 4, 3), (0, 1, 0), (2, 1, 0)])
+def test_each_local_rank_trains_on_its_own_cuda_device(monkeypatch, local_rank, devices, want):
+    """torchrun with several ranks per host: local rank r uses cuda:r; a process that sees one
+    device only (one GPU per pod, or CUDA_VISIBLE_DEVICES per rank) uses it. No GPU needed."""
+    import torch
+
+    from rectrain_trainer.config import DistEnv
+    from rectrain_trainer.train import _pick_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    cfg = parse_config(tiny_config())
+    device = _pick_device(cfg, DistEnv(rank=4 + local_rank, world_size=8, local_rank=local_rank))
+    assert device == torch.device("cuda", want) and chosen == [want]
+    cpu = parse_config(tiny_config(training={"device": "cpu"}))
+    assert _pick_device(cpu, DistEnv(rank=1, world_size=2, local_rank=1)) == torch.device("cpu")

@@ -121,22 +121,22 @@ class _ColumnBuffer:
         self._new()
 
     def _new(self):
-        self.lab = np.empty(self.chunk, np.uint8)
-        self.den = np.empty((self.chunk, CRITEO_DENSE), np.float32)
+        self.label = np.empty(self.chunk, np.uint8)
+        self.dense = np.empty((self.chunk, CRITEO_DENSE), np.float32)
         self.cat = np.empty((self.chunk, CRITEO_CAT), np.uint32)
-        self.n = 0
+        self.rows = 0
 
-    def add(self, lab, den, cat):
-        self.lab[self.n] = lab
-        self.den[self.n] = den
-        self.cat[self.n] = cat
-        self.n += 1
-        if self.n == self.chunk:
+    def add(self, label, dense, cat):
+        self.label[self.rows] = label
+        self.dense[self.rows] = dense
+        self.cat[self.rows] = cat
+        self.rows += 1
+        if self.rows == self.chunk:
             self.flush()
 
     def flush(self):
-        if self.n:
-            self.done.append((self.lab[: self.n], self.den[: self.n], self.cat[: self.n]))
+        if self.rows:
+            self.done.append((self.label[: self.rows], self.dense[: self.rows], self.cat[: self.rows]))
             self._new()
 
     def take(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -201,19 +201,19 @@ def _iter_criteo_chunks_fast(paths: list[str], malformed: str, chunk: int, on_by
         lines_before = 0
         reported = 0
         for data, consumed in criteo_fast.iter_blocks(path, block_size):
-            fb = criteo_fast.parse_block(data)
-            lab, den, cat = fb.label, fb.dense, fb.cat
-            if fb.slow.shape[0]:
+            block = criteo_fast.parse_block(data)
+            lab, den, cat = block.label, block.dense, block.cat
+            if block.slow.shape[0]:
                 extra_lines: list[int] = []
                 extra_rows: list[tuple[int, list[float], list[int]]] = []
-                for i in fb.slow.tolist():
-                    row, skipped = _row_or_skip(fb.line_text(i), f"{path}:{lines_before + i + 1}", malformed, skipped)
+                for i in block.slow.tolist():
+                    row, skipped = _row_or_skip(block.line_text(i), f"{path}:{lines_before + i + 1}", malformed, skipped)
                     if row is not None:
                         extra_lines.append(i)
                         extra_rows.append(row)
                 if extra_rows:
                     k = len(extra_rows)
-                    pos = np.searchsorted(fb.row_lines, np.asarray(extra_lines, np.int64)) + np.arange(k)
+                    pos = np.searchsorted(block.row_lines, np.asarray(extra_lines, np.int64)) + np.arange(k)
                     fast_rows = np.ones(len(lab) + k, bool)
                     fast_rows[pos] = False
                     lab2 = np.empty(len(lab) + k, np.uint8)
@@ -224,7 +224,7 @@ def _iter_criteo_chunks_fast(paths: list[str], malformed: str, chunk: int, on_by
                     den2[pos] = [r[1] for r in extra_rows]
                     cat2[pos] = [r[2] for r in extra_rows]
                     lab, den, cat = lab2, den2, cat2
-            lines_before += fb.lines
+            lines_before += block.lines
             if on_bytes and consumed > reported:
                 on_bytes(consumed - reported)
                 reported = consumed
@@ -339,13 +339,13 @@ def open_binary(path: str) -> Table:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != BINARY_FORMAT:
         raise ValueError(f"{p}: unknown dataset format {meta.get('format')!r}")
-    n, nd, nc = meta["rows"], meta["numDense"], meta["numCat"]
-    if n == 0:
-        return Table(np.empty(0, np.uint8), np.empty((0, nd), np.float32), np.empty((0, nc), np.uint32), meta["rowsSkipped"])
+    rows, num_dense, num_cat = meta["rows"], meta["numDense"], meta["numCat"]
+    if rows == 0:
+        return Table(np.empty(0, np.uint8), np.empty((0, num_dense), np.float32), np.empty((0, num_cat), np.uint32), meta["rowsSkipped"])
     return Table(
-        np.memmap(p / "label.u8", np.uint8, "r", shape=(n,)),
-        np.memmap(p / "dense.f32", "<f4", "r", shape=(n, nd)),
-        np.memmap(p / "cat.u32", "<u4", "r", shape=(n, nc)),
+        np.memmap(p / "label.u8", np.uint8, "r", shape=(rows,)),
+        np.memmap(p / "dense.f32", "<f4", "r", shape=(rows, num_dense)),
+        np.memmap(p / "cat.u32", "<u4", "r", shape=(rows, num_cat)),
         int(meta.get("rowsSkipped", 0)),
     )
 
@@ -383,45 +383,45 @@ class PlantedModel:
     effects: list[np.ndarray]
     cardinalities: list[int]
 
-    def logit(self, t: Table) -> np.ndarray:
-        z = np.full(len(t), self.bias, np.float64) + t.dense.astype(np.float64) @ self.dense_w
-        for f, eff in enumerate(self.effects):
-            z += eff[t.cat[:, f].astype(np.int64)]
+    def logit(self, table: Table) -> np.ndarray:
+        z = np.full(len(table), self.bias, np.float64) + table.dense.astype(np.float64) @ self.dense_w
+        for f, effect in enumerate(self.effects):
+            z += effect[table.cat[:, f].astype(np.int64)]
         return z
 
 
 def planted_model(num_dense: int, table_sizes: list[int], seed: int) -> PlantedModel:
     rng = np.random.default_rng([seed, 7])
     # At most 1000 distinct values per feature, never more than its table (so hashing is exact).
-    cards = [max(2, min(s, 1000)) for s in table_sizes]
-    w = rng.normal(0, 0.6, num_dense) / max(1.0, math.sqrt(num_dense / 4))
-    scale = 1.2 / math.sqrt(max(1, len(cards)))
-    effects = [rng.normal(0, scale * 2.0, c) for c in cards]
-    return PlantedModel(-1.0, w, effects, cards)
+    cardinalities = [max(2, min(s, 1000)) for s in table_sizes]
+    dense_w = rng.normal(0, 0.6, num_dense) / max(1.0, math.sqrt(num_dense / 4))
+    scale = 1.2 / math.sqrt(max(1, len(cardinalities)))
+    effects = [rng.normal(0, scale * 2.0, c) for c in cardinalities]
+    return PlantedModel(-1.0, dense_w, effects, cardinalities)
 
 
-def synthetic_table(pm: PlantedModel, rows: int, seed: int) -> Table:
+def synthetic_table(planted: PlantedModel, rows: int, seed: int) -> Table:
     rng = np.random.default_rng(seed)
-    nd = pm.dense_w.shape[0]
+    num_dense = planted.dense_w.shape[0]
     # Criteo-like dense counts (heavy tailed, many zeros), then the standard log(1+x) transform.
-    raw = rng.geometric(0.15, size=(rows, nd)) - 1
-    raw[rng.random((rows, nd)) < 0.2] = 0
+    raw = rng.geometric(0.15, size=(rows, num_dense)) - 1
+    raw[rng.random((rows, num_dense)) < 0.2] = 0
     dense = np.log1p(raw).astype(np.float32)
-    cats = np.empty((rows, len(pm.cardinalities)), np.uint32)
-    for f, c in enumerate(pm.cardinalities):
+    cats = np.empty((rows, len(planted.cardinalities)), np.uint32)
+    for f, c in enumerate(planted.cardinalities):
         # Zipf-ish popularity: a few frequent values, a long tail.
         u = rng.random(rows)
         cats[:, f] = np.minimum((c * u**2.0).astype(np.int64), c - 1)
-    t = Table(np.zeros(rows, np.uint8), dense, cats)
-    p = 1.0 / (1.0 + np.exp(-pm.logit(t)))
-    t.label = (rng.random(rows) < p).astype(np.uint8)
-    return t
+    table = Table(np.zeros(rows, np.uint8), dense, cats)
+    p = 1.0 / (1.0 + np.exp(-planted.logit(table)))
+    table.label = (rng.random(rows) < p).astype(np.uint8)
+    return table
 
 
 def synthetic_datasets(num_dense: int, table_sizes: list[int], rows: int, eval_rows: int, seed: int):
     """(train, eval, planted model) drawn from one planted model; eval rows are independent."""
-    pm = planted_model(num_dense, table_sizes, seed)
-    return synthetic_table(pm, rows, seed * 2 + 1), synthetic_table(pm, eval_rows, seed * 2 + 2), pm
+    planted = planted_model(num_dense, table_sizes, seed)
+    return synthetic_table(planted, rows, seed * 2 + 1), synthetic_table(planted, eval_rows, seed * 2 + 2), planted
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,29 +450,30 @@ def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 99]).permutation(rows)
 
 
-def steps_per_epoch(rows: int, batch_size: int, world_size: int) -> int:
-    return math.ceil(rows / (batch_size * world_size)) if rows else 0
+def steps_per_epoch(rows: int, global_batch: int) -> int:
+    return math.ceil(rows / global_batch) if rows else 0
 
 
-def shard_indices(rows: int, batch_size: int, world_size: int, rank: int, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, int]]:
+def shard_indices(rows: int, global_batch: int, world_size: int, rank: int, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, int]]:
     """Yield (this rank's row indices, global batch size) for each step of an epoch.
 
-    Global step g covers order[g*B*W : (g+1)*B*W]; rank r takes the r-th of W near-equal parts
-    (np.array_split), so every row is seen exactly once per epoch across ranks, including the
-    last, partial global batch. A rank's part may be empty (then it still takes part in the step).
+    Global step g covers order[g*G : (g+1)*G] (G = global_batch); rank r takes the r-th of W
+    near-equal parts (np.array_split), so every row is seen exactly once per epoch across ranks,
+    including the last, partial global batch, and step g covers the same rows at any world size
+    (what lets an elastic job resume at another size). A rank's part may be empty (then it still
+    takes part in the step).
     """
     order = epoch_order(rows, seed, epoch)
-    g = batch_size * world_size
-    for start in range(0, rows, g):
-        chunk = order[start : start + g]
+    for start in range(0, rows, global_batch):
+        chunk = order[start : start + global_batch]
         yield np.array_split(chunk, world_size)[rank], len(chunk)
 
 
-def make_batch(t: Table, idx: np.ndarray, global_size: int, table_sizes: np.ndarray, pin: bool = False) -> Batch:
+def make_batch(table: Table, idx: np.ndarray, global_size: int, table_sizes: np.ndarray, pin: bool = False) -> Batch:
     idx = np.sort(idx)  # sequential reads from the memory map; order inside a batch is irrelevant
-    dense = torch.from_numpy(np.ascontiguousarray(t.dense[idx], dtype=np.float32))
-    cat = torch.from_numpy((t.cat[idx].astype(np.int64) % table_sizes).astype(np.int64))
-    label = torch.from_numpy(t.label[idx].astype(np.float32))
+    dense = torch.from_numpy(np.ascontiguousarray(table.dense[idx], dtype=np.float32))
+    cat = torch.from_numpy((table.cat[idx].astype(np.int64) % table_sizes).astype(np.int64))
+    label = torch.from_numpy(table.label[idx].astype(np.float32))
     if pin:
         dense, cat, label = dense.pin_memory(), cat.pin_memory(), label.pin_memory()
     return Batch(dense, cat, label, global_size)
@@ -485,10 +486,10 @@ class BatchLoader:
     2*workers batches ready, pinned when `pin` (CUDA) so host-to-device copies overlap.
     """
 
-    def __init__(self, t: Table, batch_size: int, world_size: int, rank: int, seed: int, epoch: int,
+    def __init__(self, table: Table, global_batch: int, world_size: int, rank: int, seed: int, epoch: int,
                  table_sizes: list[int], skip: int = 0, workers: int = 1, pin: bool = False):
-        self.t = t
-        self.args = (len(t), batch_size, world_size, rank, seed, epoch)
+        self.table = table
+        self.args = (len(table), global_batch, world_size, rank, seed, epoch)
         self.sizes = np.asarray(table_sizes, dtype=np.int64)
         self.skip = skip
         self.workers = workers
@@ -496,16 +497,16 @@ class BatchLoader:
         self.wait_seconds = 0.0
 
     def _gen(self):
-        for i, (idx, gsize) in enumerate(shard_indices(*self.args)):
+        for i, (idx, global_size) in enumerate(shard_indices(*self.args)):
             if i < self.skip:
                 continue
-            yield make_batch(self.t, idx, gsize, self.sizes, self.pin)
+            yield make_batch(self.table, idx, global_size, self.sizes, self.pin)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.workers <= 0:
             yield from self._gen()
             return
-        q: queue.Queue = queue.Queue(maxsize=2 * self.workers)
+        ready: queue.Queue = queue.Queue(maxsize=2 * self.workers)
         stop = threading.Event()
         end = object()
 
@@ -514,24 +515,24 @@ class BatchLoader:
                 for b in self._gen():
                     while not stop.is_set():
                         try:
-                            q.put(b, timeout=0.1)
+                            ready.put(b, timeout=0.1)
                             break
                         except queue.Full:
                             continue
                     if stop.is_set():
                         return
-                q.put(end)
+                ready.put(end)
             except BaseException as e:  # surfaced in the consumer
-                q.put(e)
+                ready.put(e)
 
-        th = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
-        th.start()
+        producer = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+        producer.start()
         import time
 
         try:
             while True:
                 t0 = time.perf_counter()
-                item = q.get()
+                item = ready.get()
                 self.wait_seconds += time.perf_counter() - t0
                 if item is end:
                     return
@@ -540,4 +541,4 @@ class BatchLoader:
                 yield item
         finally:
             stop.set()
-            th.join(timeout=5)
+            producer.join(timeout=5)

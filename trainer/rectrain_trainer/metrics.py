@@ -25,8 +25,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     avg = (starts + ends + 1) / 2.0
     ranks = np.empty(s.size, np.float64)
     ranks[order] = np.repeat(avg, ends - starts)
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    u_statistic = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u_statistic / (n_pos * n_neg))
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
@@ -42,15 +42,15 @@ class RankMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = CollectorRegistry()
-        lab = {"rank": str(rank)}
-        self.samples = Counter("rectrain_trainer_samples_total", "Training samples processed by this rank.", ["rank"], registry=self.registry).labels(**lab)
-        self.sps = Gauge("rectrain_trainer_samples_per_second", "Recent training throughput of this rank.", ["rank"], registry=self.registry).labels(**lab)
-        self.step = Gauge("rectrain_trainer_step", "Global optimizer steps done.", ["rank"], registry=self.registry).labels(**lab)
-        self.loss = Gauge("rectrain_trainer_loss", "Recent training loss.", ["rank"], registry=self.registry).labels(**lab)
-        self.data_wait = Counter("rectrain_trainer_data_wait_seconds_total", "Time the training loop waited for input batches.", ["rank"], registry=self.registry).labels(**lab)
-        self.auc = Gauge("rectrain_trainer_eval_auc", "Latest held-out ROC AUC.", ["rank"], registry=self.registry).labels(**lab)
-        self.gpu_mem = Gauge("rectrain_trainer_gpu_memory_bytes", "CUDA memory allocated by this rank.", ["rank"], registry=self.registry).labels(**lab)
-        self.rows_skipped = Gauge("rectrain_trainer_rows_skipped", "Malformed input rows skipped.", ["rank"], registry=self.registry).labels(**lab)
+        rank_label = {"rank": str(rank)}
+        self.samples = Counter("rectrain_trainer_samples_total", "Training samples processed by this rank.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.sps = Gauge("rectrain_trainer_samples_per_second", "Recent training throughput of this rank.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.step = Gauge("rectrain_trainer_step", "Global optimizer steps done.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.loss = Gauge("rectrain_trainer_loss", "Recent training loss.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.data_wait = Counter("rectrain_trainer_data_wait_seconds_total", "Time the training loop waited for input batches.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.auc = Gauge("rectrain_trainer_eval_auc", "Latest held-out ROC AUC.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.gpu_mem = Gauge("rectrain_trainer_gpu_memory_bytes", "CUDA memory allocated by this rank.", ["rank"], registry=self.registry).labels(**rank_label)
+        self.rows_skipped = Gauge("rectrain_trainer_rows_skipped", "Malformed input rows skipped.", ["rank"], registry=self.registry).labels(**rank_label)
         self.server = None
         self.port = None
         if port:

@@ -1,4 +1,14 @@
-"""The training loop: DDP setup, precision, optimizers, evaluation, checkpoints, preemption."""
+"""The training loop: DDP setup, precision, optimizers, evaluation, checkpoints, preemption.
+
+`train` sets up the process (device, process group, SIGTERM handler, metrics) and `_train` runs:
+
+    run = _set_up(...)               # data, model (DDP), optimizers, step count: fixed for the run
+    state = _resume(run)             # the loop's changing state (LoopState), from a checkpoint if any
+    while there are steps left:
+        _train_epoch(run, state)     # each batch: _train_step, then at log points _close_log_window,
+                                     # on SIGTERM _stop_preempted, every N steps a checkpoint / an eval
+    return _finish(run, state)       # final eval, checkpoint and status
+"""
 
 from __future__ import annotations
 
@@ -16,24 +26,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from rectrain_api.exit_codes import PREEMPTED as PREEMPTED_EXIT_CODE
 from rectrain_api.progress import Progress, TrainingMetrics
 from rectrain_api.trainer_config import TrainerConfig
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DistEnv
-from .data import BatchLoader, Table, make_batch, read_criteo_tsv, open_binary_many, steps_per_epoch, synthetic_datasets
+from .data import Batch, BatchLoader, Table, make_batch, open_binary_many, read_criteo_tsv, steps_per_epoch, synthetic_datasets
+from .loop_state import LoopState, LossWindow
 from .metrics import RankMetrics, log_loss, roc_auc
-from .model import DLRM, coalesced_grad
+from .model import DLRM
+from .sparse_exchange import finish_sparse_grads
+
+__all__ = ["PREEMPTED_EXIT_CODE", "Preempted", "RunResult", "evaluate", "train"]
 
 log = logging.getLogger("rectrain.train")
 # Opt out explicitly (the default), which also silences torch's per-process warning about it.
 torch.sparse.check_sparse_tensor_invariants.disable()
 
-# Exit code of a rank that stopped on SIGTERM after finishing its step and writing a checkpoint
-# (128 + SIGTERM, what a shell reports for a process killed by SIGTERM). The operator should treat
-# it as preemption (retryable, not counted as a failure). Kubeflow's ExitCode policy also treats
-# 128-255 as retryable.
-PREEMPTED_EXIT_CODE = 143
+# PREEMPTED_EXIT_CODE (143 = 128 + SIGTERM, what a shell reports for a process killed by SIGTERM):
+# the exit code of a rank that stopped on SIGTERM after finishing its step and writing a
+# checkpoint. The operator treats it as preemption (retryable, not counted as a failure); see
+# rectrain_api.exit_codes.
 
 
 class Preempted(Exception):
@@ -58,16 +72,24 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------------------------
+# Setting up
 
 
 def _pick_device(cfg: TrainerConfig, denv: DistEnv) -> torch.device:
+    """CPU, or the CUDA device of this local rank: cuda:LOCAL_RANK when the process sees a device
+    per local rank (torchrun with several ranks per host), cuda:0 when it sees one device only
+    (one GPU per pod, or CUDA_VISIBLE_DEVICES set per rank)."""
     want = cfg.training.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("invalid trainer configuration:\n  training.device: cuda requested but no CUDA device is available")
-        idx = denv.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(idx)
-        return torch.device("cuda", idx)
+        count = torch.cuda.device_count()
+        index = denv.local_rank % count
+        if denv.local_rank >= count > 1:
+            log.warning("LOCAL_RANK=%d but this process sees %d CUDA devices: sharing cuda:%d with local rank %d",
+                        denv.local_rank, count, index, index)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     if want == "auto":
         log.info("no CUDA device: training on CPU")
     return torch.device("cpu")
@@ -75,34 +97,35 @@ def _pick_device(cfg: TrainerConfig, denv: DistEnv) -> torch.device:
 
 def _load_data(cfg: TrainerConfig) -> tuple[Table, Table | None, float | None]:
     """(train, eval or None, oracle AUC of the planted model on eval or None)."""
-    d, m = cfg.data, cfg.model
-    if d.source == "synthetic":
-        s = d.synthetic
-        train, ev, pm = synthetic_datasets(m.numDenseFeatures, m.tableSizes, s.rows, s.evalRows, s.seed)
-        return train, ev, roc_auc(ev.label, pm.logit(ev))
-    if d.source == "criteo-tsv":
-        train = read_criteo_tsv(d.paths, d.malformedRows)
-        ev = read_criteo_tsv(d.evalPaths, d.malformedRows) if d.evalPaths else None
+    data_cfg, model_cfg = cfg.data, cfg.model
+    if data_cfg.source == "synthetic":
+        synthetic = data_cfg.synthetic
+        train_table, eval_table, planted = synthetic_datasets(
+            model_cfg.numDenseFeatures, model_cfg.tableSizes, synthetic.rows, synthetic.evalRows, synthetic.seed)
+        return train_table, eval_table, roc_auc(eval_table.label, planted.logit(eval_table))
+    if data_cfg.source == "criteo-tsv":
+        train_table = read_criteo_tsv(data_cfg.paths, data_cfg.malformedRows)
+        eval_table = read_criteo_tsv(data_cfg.evalPaths, data_cfg.malformedRows) if data_cfg.evalPaths else None
     else:
-        train = open_binary_many(d.paths)
-        ev = open_binary_many(d.evalPaths) if d.evalPaths else None
-    if ev is None and d.evalFraction > 0 and len(train) > 1:
-        n_eval = max(1, int(round(len(train) * d.evalFraction)))
-        skipped = train.rows_skipped
-        ev = train.slice(len(train) - n_eval, len(train))
-        train = train.slice(0, len(train) - n_eval)
-        ev.rows_skipped = 0
-        train.rows_skipped = skipped
-    for name, t in (("training", train), ("evaluation", ev)):
-        if t is None:
+        train_table = open_binary_many(data_cfg.paths)
+        eval_table = open_binary_many(data_cfg.evalPaths) if data_cfg.evalPaths else None
+    if eval_table is None and data_cfg.evalFraction > 0 and len(train_table) > 1:
+        n_eval = max(1, int(round(len(train_table) * data_cfg.evalFraction)))
+        skipped = train_table.rows_skipped
+        eval_table = train_table.slice(len(train_table) - n_eval, len(train_table))
+        train_table = train_table.slice(0, len(train_table) - n_eval)
+        eval_table.rows_skipped = 0
+        train_table.rows_skipped = skipped
+    for name, table in (("training", train_table), ("evaluation", eval_table)):
+        if table is None:
             continue
-        if t.dense.shape[1] != m.numDenseFeatures:
-            raise ConfigError(f"invalid trainer configuration:\n  model.numDenseFeatures: is {m.numDenseFeatures} but the {name} data has {t.dense.shape[1]} dense features")
-        if t.cat.shape[1] != len(m.tableSizes):
-            raise ConfigError(f"invalid trainer configuration:\n  model.tableSizes: has {len(m.tableSizes)} tables but the {name} data has {t.cat.shape[1]} categorical features")
-    if len(train) == 0:
+        if table.dense.shape[1] != model_cfg.numDenseFeatures:
+            raise ConfigError(f"invalid trainer configuration:\n  model.numDenseFeatures: is {model_cfg.numDenseFeatures} but the {name} data has {table.dense.shape[1]} dense features")
+        if table.cat.shape[1] != len(model_cfg.tableSizes):
+            raise ConfigError(f"invalid trainer configuration:\n  model.tableSizes: has {len(model_cfg.tableSizes)} tables but the {name} data has {table.cat.shape[1]} categorical features")
+    if len(train_table) == 0:
         raise ConfigError("invalid trainer configuration:\n  data.paths: no training rows")
-    return train, ev, None
+    return train_table, eval_table, None
 
 
 def _make_optimizer(kind: str, params, lr: float):
@@ -151,124 +174,6 @@ class _StopFlag:
             self._old = None
 
 
-def _allreduce_sparse_grad(p: torch.Tensor, world: int, stop: bool) -> bool:
-    """Average the fused embedding table's sparse gradient over ranks (what DDP does for sparse
-    gradients) with two all_gathers: (row count, SIGTERM flag) per rank, then the rows, ids and
-    values packed together. Returns whether any rank got SIGTERM."""
-    grad = coalesced_grad(p.grad)
-    rows, values = grad._indices()[0], grad._values()
-    mine = torch.tensor([rows.numel(), int(stop)], dtype=torch.long, device=p.device)
-    heads = mine.new_empty(world * 2)
-    dist.all_gather_single(heads, mine)
-    heads = heads.view(world, 2)
-    sizes = heads[:, 0].tolist()
-    send = _pack_rows(rows, values, max(sizes))
-    recv = send.new_empty(world * send.shape[0], send.shape[1])
-    dist.all_gather_single(recv, send)
-    recv = recv.view(world, *send.shape)
-    parts = [_unpack_rows(recv[r, :n], values.dtype) for r, n in enumerate(sizes)]
-    merged, inverse = torch.unique(torch.cat([r for r, _ in parts]), return_inverse=True)
-    summed = values.new_zeros(merged.numel(), values.shape[1])
-    for (_, v), inv in zip(parts, inverse.split(sizes)):
-        summed.index_add_(0, inv, v)
-    p.grad = torch.sparse_coo_tensor(merged.unsqueeze(0), summed.div_(world), p.shape, is_coalesced=True, check_invariants=False)
-    return bool(heads[:, 1].any())
-
-
-def _pack_rows(rows: torch.Tensor, values: torch.Tensor, length: int) -> torch.Tensor:
-    """[n] int64 row ids and [n, d] values -> [length, 8 + d*itemsize] bytes (zero padded), so one
-    all_gather carries both."""
-    n = rows.numel()
-    out = torch.zeros(length, 8 + values.shape[1] * values.element_size(), dtype=torch.uint8, device=rows.device)
-    out[:n, :8] = rows.unsqueeze(1).view(torch.uint8)
-    out[:n, 8:] = values.contiguous().view(torch.uint8)
-    return out
-
-
-def _unpack_rows(packed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverse of _pack_rows; the values are a strided view into `packed`."""
-    return packed[:, :8].contiguous().view(torch.long).squeeze(1), packed[:, 8:].view(dtype)
-
-
-def _finish_sparse_grads(model: DLRM, denv: DistEnv, stop: bool) -> bool:
-    """Make the embedding gradient ready for the sparse optimizer: averaged over ranks, or (one
-    rank) flagged coalesced so the optimizer does not sort its rows again. Returns whether any
-    rank got SIGTERM (`stop` here): the flags travel with the ranks' row counts."""
-    (p,) = model.sparse_parameters()
-    if denv.distributed:
-        return _allreduce_sparse_grad(p, denv.world_size, stop)
-    if p.grad is not None:
-        p.grad = coalesced_grad(p.grad)
-    return stop
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ------------------------------------------------------------------------------------------------
-
-
-def evaluate(model: DLRM, ev: Table, cfg: TrainerConfig, device: torch.device, denv: DistEnv) -> tuple[float, float]:
-    """Exact AUC and logloss over the whole held-out set (each rank scores its part)."""
-    sizes = np.asarray(cfg.model.tableSizes, dtype=np.int64)
-    parts = np.array_split(np.arange(len(ev)), denv.world_size)
-    mine = parts[denv.rank]
-    logits = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), _autocast(device, cfg.training.precision):
-        for start in range(0, len(mine), 8192):
-            b = make_batch(ev, mine[start : start + 8192], 0, sizes).to(device)
-            logits.append(model(b.dense, b.cat).float().cpu())
-    model.train(was_training)
-    local = torch.cat(logits).numpy() if logits else np.empty(0, np.float32)
-    if denv.distributed:
-        gathered: list = [None] * denv.world_size
-        dist.all_gather_object(gathered, local)
-        scores = np.concatenate(gathered)
-    else:
-        scores = local
-    labels = np.asarray(ev.label[np.concatenate(parts)])
-    probs = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
-    return roc_auc(labels, scores), log_loss(labels, probs)
-
-
-def train(cfg: TrainerConfig, denv: DistEnv | None = None, *, reporter=None, progress_bar: bool = False) -> RunResult:
-    """Run training to the end. Raises Preempted after checkpointing when SIGTERM arrives.
-
-    The caller owns `reporter` (an object with update(Progress, TrainingMetrics)), used on rank 0.
-    """
-    denv = denv or DistEnv()
-    tc = cfg.training
-    device = _pick_device(cfg, denv)
-    if tc.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("invalid trainer configuration:\n  training.precision: fp16 needs a CUDA device (use bf16 on CPU)")
-    backend = tc.backend if tc.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-    own_pg = False
-    if denv.distributed and not dist.is_initialized():
-        kw = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, init_method="env://", rank=denv.rank, world_size=denv.world_size, **kw)
-        own_pg = True
-    stop = _StopFlag()
-    stop.install()
-    metrics = RankMetrics(denv.rank, cfg.reporting.metricsPort + denv.local_rank if cfg.reporting.metricsPort else 0)
-    tb = _tensorboard(cfg) if denv.rank == 0 else None
-    try:
-        return _train(cfg, denv, device, reporter if denv.rank == 0 else None, progress_bar and denv.rank == 0, stop, metrics, tb)
-    finally:
-        stop.uninstall()
-        metrics.close()
-        if tb is not None:
-            tb.close()
-        if own_pg:
-            dist.destroy_process_group()
-
-
 def _tensorboard(cfg: TrainerConfig):
     if not cfg.reporting.tensorboardDir:
         return None
@@ -280,229 +185,382 @@ def _tensorboard(cfg: TrainerConfig):
     return SummaryWriter(cfg.reporting.tensorboardDir)
 
 
-def _train(cfg, denv: DistEnv, device, reporter, progress_bar, stop: _StopFlag, pm: RankMetrics, tb) -> RunResult:
-    tc, oc = cfg.training, cfg.training.optimizer
-    torch.manual_seed(tc.seed)
-    train_t, eval_t, oracle = _load_data(cfg)
-    rows_skipped = train_t.rows_skipped + (eval_t.rows_skipped if eval_t is not None else 0)
-    pm.rows_skipped.set(rows_skipped)
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def evaluate(model: DLRM, eval_table: Table, cfg: TrainerConfig, device: torch.device, denv: DistEnv) -> tuple[float, float]:
+    """Exact AUC and logloss over the whole held-out set (each rank scores its part)."""
+    sizes = np.asarray(cfg.model.tableSizes, dtype=np.int64)
+    shards = np.array_split(np.arange(len(eval_table)), denv.world_size)
+    my_rows = shards[denv.rank]
+    logits = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), _autocast(device, cfg.training.precision):
+        for start in range(0, len(my_rows), 8192):
+            batch = make_batch(eval_table, my_rows[start : start + 8192], 0, sizes).to(device)
+            logits.append(model(batch.dense, batch.cat).float().cpu())
+    model.train(was_training)
+    local = torch.cat(logits).numpy() if logits else np.empty(0, np.float32)
+    if denv.distributed:
+        gathered: list = [None] * denv.world_size
+        dist.all_gather_object(gathered, local)
+        scores = np.concatenate(gathered)
+    else:
+        scores = local
+    labels = np.asarray(eval_table.label[np.concatenate(shards)])
+    probs = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
+    return roc_auc(labels, scores), log_loss(labels, probs)
+
+
+def train(cfg: TrainerConfig, denv: DistEnv | None = None, *, reporter=None, progress_bar: bool = False) -> RunResult:
+    """Run training to the end. Raises Preempted after checkpointing when SIGTERM arrives.
+
+    The caller owns `reporter` (an object with update(Progress, TrainingMetrics)), used on rank 0.
+    """
+    denv = denv or DistEnv()
+    training = cfg.training
+    device = _pick_device(cfg, denv)
+    if training.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("invalid trainer configuration:\n  training.precision: fp16 needs a CUDA device (use bf16 on CPU)")
+    backend = training.backend if training.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    own_process_group = False
+    if denv.distributed and not dist.is_initialized():
+        kw = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, init_method="env://", rank=denv.rank, world_size=denv.world_size, **kw)
+        own_process_group = True
+    stop = _StopFlag()
+    stop.install()
+    metrics = RankMetrics(denv.rank, cfg.reporting.metricsPort + denv.local_rank if cfg.reporting.metricsPort else 0)
+    tensorboard = _tensorboard(cfg) if denv.rank == 0 else None
+    try:
+        return _train(cfg, denv, device, stop, metrics, reporter if denv.rank == 0 else None, tensorboard,
+                      progress_bar and denv.rank == 0)
+    finally:
+        stop.uninstall()
+        metrics.close()
+        if tensorboard is not None:
+            tensorboard.close()
+        if own_process_group:
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class _Run:
+    """What one run is made of; fixed once set up (the progress bar joins when the loop starts).
+    The loop's changing state is a LoopState."""
+
+    cfg: TrainerConfig
+    denv: DistEnv
+    device: torch.device
+    model: torch.nn.Module  # what a step calls: the DLRM, wrapped in DDP when distributed
+    dlrm: DLRM  # the DLRM itself (its parameters; evaluation)
+    optimizers: list  # [sparse (embeddings), dense (MLPs)]
+    base_lrs: list[float]  # their configured learning rates (warmup scales them)
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    train_data: Table
+    eval_data: Table | None
+    oracle_auc: float | None  # the planted model's AUC on eval_data (synthetic data)
+    total_steps: int
+    rows_skipped: int  # malformed input rows skipped (train + eval)
+    stop: _StopFlag
+    metrics: RankMetrics
+    reporter: object | None  # rank 0: status.progress / status.metrics of the RecTrainJob
+    tensorboard: object | None  # rank 0, when configured
+    bar: object | None = None  # rank 0 tqdm progress bar, when asked for
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.training.global_batch(self.denv.world_size)
+
+    def say(self, message: str) -> None:
+        """A line for the log (through the progress bar when there is one)."""
+        (self.bar.write if self.bar else log.info)(message)
+
+
+def _train(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _StopFlag, metrics: RankMetrics,
+           reporter, tensorboard, progress_bar: bool) -> RunResult:
+    run = _set_up(cfg, denv, device, stop, metrics, reporter, tensorboard)
+    state = _resume(run)
+    if progress_bar:
+        from tqdm import tqdm
+
+        run.bar = tqdm(total=run.total_steps, initial=state.step, unit="step", desc="train", dynamic_ncols=True)
+    state.window.restart()  # the first log window starts with the loop
+    _report_status(run, state)
+    run.model.train()
+    while state.step < run.total_steps and state.epoch < cfg.training.epochs:
+        if _train_epoch(run, state):
+            break
+        state.epoch += 1
+        state.epoch_step = 0
+    return _finish(run, state)
+
+
+def _set_up(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _StopFlag, metrics: RankMetrics,
+            reporter, tensorboard) -> _Run:
+    """Data, model and optimizers, in the order that makes a run reproducible (seed, then init)."""
+    training = cfg.training
+    torch.manual_seed(training.seed)
+    train_data, eval_data, oracle_auc = _load_data(cfg)
+    rows_skipped = train_data.rows_skipped + (eval_data.rows_skipped if eval_data is not None else 0)
+    metrics.rows_skipped.set(rows_skipped)
     if rows_skipped:
         log.warning("%d malformed rows skipped (data.malformedRows: skip)", rows_skipped)
     if denv.rank == 0:
         log.info(
             "data: %d training rows, %d evaluation rows%s",
-            len(train_t), len(eval_t) if eval_t is not None else 0,
-            f", planted oracle AUC {oracle:.4f}" if oracle is not None else "",
+            len(train_data), len(eval_data) if eval_data is not None else 0,
+            f", planted oracle AUC {oracle_auc:.4f}" if oracle_auc is not None else "",
         )
+    model, dlrm = _build_model(cfg, denv, device)
+    opt_cfg = training.optimizer
+    optimizers = [
+        _make_optimizer(opt_cfg.sparse, dlrm.sparse_parameters(), opt_cfg.sparseLearningRate or opt_cfg.learningRate),
+        _make_optimizer(opt_cfg.dense, dlrm.dense_parameters(), opt_cfg.learningRate),
+    ]
+    total_steps = steps_per_epoch(len(train_data), training.global_batch(denv.world_size)) * training.epochs
+    if training.maxSteps is not None:
+        total_steps = min(total_steps, training.maxSteps)
+    return _Run(
+        cfg, denv, device, model, dlrm, optimizers,
+        base_lrs=[o.param_groups[0]["lr"] for o in optimizers],
+        scaler=torch.amp.GradScaler("cuda") if training.precision == "fp16" else None,
+        train_data=train_data, eval_data=eval_data, oracle_auc=oracle_auc, total_steps=total_steps,
+        rows_skipped=rows_skipped, stop=stop, metrics=metrics, reporter=reporter, tensorboard=tensorboard,
+    )
 
-    model = DLRM(cfg.model).to(device)
-    core = model
-    if denv.distributed:
-        # DDP averages the dense (MLP) gradients; the embeddings' sparse gradients are exchanged
-        # by _allreduce_sparse_grads with plain all_gathers: gloo's sparse allreduce (what DDP
-        # uses for sparse gradients) intermittently corrupted the heap in our 2-rank tests, and
-        # NCCL has no sparse allreduce to speak of.
-        emb_names = [n for n, _ in core.named_parameters() if n.startswith("embeddings.")]
-        DDP._set_params_and_buffers_to_ignore_for_model(core, emb_names)
-        for p in core.sparse_parameters():
-            dist.broadcast(p.data, src=0)
-        # The model's buffers are constants (row offsets, pair indices): no broadcast per forward.
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    opt_sparse = _make_optimizer(oc.sparse, core.sparse_parameters(), oc.sparseLearningRate or oc.learningRate)
-    opt_dense = _make_optimizer(oc.dense, core.dense_parameters(), oc.learningRate)
-    optimizers = [opt_sparse, opt_dense]
-    base_lrs = [opt_sparse.param_groups[0]["lr"], opt_dense.param_groups[0]["lr"]]
-    scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
 
-    spe = steps_per_epoch(len(train_t), tc.batchSize, denv.world_size)
-    total = spe * tc.epochs
-    if tc.maxSteps is not None:
-        total = min(total, tc.maxSteps)
+def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> tuple[torch.nn.Module, DLRM]:
+    """(the module a step calls, the DLRM): DDP averages the dense (MLP) gradients; the embedding
+    table is left out of DDP, its sparse gradient goes through sparse_exchange."""
+    dlrm = DLRM(cfg.model).to(device)
+    if not denv.distributed:
+        return dlrm, dlrm
+    DDP._set_params_and_buffers_to_ignore_for_model(dlrm, [n for n, _ in dlrm.named_parameters() if n.startswith("embeddings.")])
+    for table in dlrm.sparse_parameters():
+        dist.broadcast(table.data, src=0)
+    # The model's buffers are constants (row offsets, pair indices): no broadcast per forward.
+    return DDP(dlrm, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False), dlrm
 
-    step, epoch, epoch_step = 0, 0, 0
-    last_ckpt_step: int | None = None
+
+def _resume(run: _Run) -> LoopState:
+    """A fresh LoopState, or the one of the newest complete checkpoint (model, optimizers, scaler
+    and RNG are restored in place)."""
+    state = LoopState(window=LossWindow(run.device))
+    rank = run.denv.rank
     extra = {"torch_rng": torch.get_rng_state()}
-    resumed = ckpt.resume_latest(cfg.checkpoint.directory, model, optimizers, scaler, extra, denv.rank, device)
-    if resumed is not None:
-        resume, meta = resumed
-        torch.set_rng_state(extra["torch_rng"])
-        step, epoch, epoch_step = meta["step"], meta["epoch"], meta["epochStep"]
-        old_global = meta.get("globalBatch", tc.batchSize * denv.world_size)
-        if old_global != tc.batchSize * denv.world_size:
-            # Same epoch order, different global batch: continue from the same row of the epoch
-            # (rounded down, so a few rows may be seen twice, none skipped).
-            epoch_step = epoch_step * old_global // (tc.batchSize * denv.world_size)
-            if denv.rank == 0:
-                log.warning("checkpoint was written with global batch %d, now %d: continuing at batch %d of epoch %d",
-                            old_global, tc.batchSize * denv.world_size, epoch_step, epoch)
-        last_ckpt_step = step
-        if denv.rank == 0:
-            log.info("resumed from %s (step %d, epoch %d)", resume, step, epoch)
+    resumed = ckpt.resume_latest(run.cfg.checkpoint.directory, run.model, run.optimizers, run.scaler, extra, rank, run.device)
+    if resumed is None:
+        return state
+    path, meta = resumed
+    torch.set_rng_state(extra["torch_rng"])
+    state.step, state.epoch, state.epoch_step = meta["step"], meta["epoch"], meta["epochStep"]
+    old_global = meta.get("globalBatch", run.global_batch)
+    if old_global != run.global_batch:
+        # Same epoch order, different global batch: continue from the same row of the epoch
+        # (rounded down, so a few rows may be seen twice, none skipped).
+        state.epoch_step = state.epoch_step * old_global // run.global_batch
+        if rank == 0:
+            log.warning("checkpoint was written with global batch %d, now %d: continuing at batch %d of epoch %d",
+                        old_global, run.global_batch, state.epoch_step, state.epoch)
+    state.last_checkpoint_step = state.step
+    if rank == 0:
+        log.info("resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
+    return state
 
-    def save_ckpt() -> str | None:
-        nonlocal last_ckpt_step
-        if not cfg.checkpoint.directory:
-            return None
-        if last_ckpt_step == step:
-            return str(ckpt.step_dir(cfg.checkpoint.directory, step))
-        p = ckpt.save(
-            cfg.checkpoint.directory, step, model, optimizers, scaler,
-            {"epoch": epoch, "epochStep": epoch_step, "totalSteps": total, "worldSize": denv.world_size,
-             "globalBatch": tc.batchSize * denv.world_size, "time": _now()},
-            denv.rank, cfg.checkpoint.keep, extra={"torch_rng": torch.get_rng_state()},
-        )
-        last_ckpt_step = step
-        return str(p)
 
-    bar = None
-    if progress_bar:
-        from tqdm import tqdm
+def _train_epoch(run: _Run, state: LoopState) -> bool:
+    """The rest of epoch `state.epoch`, from batch `state.epoch_step` on. Returns True when the run
+    has done its last step; raises Preempted when a rank got SIGTERM."""
+    cfg = run.cfg
+    training = cfg.training
+    loader = BatchLoader(run.train_data, run.global_batch, run.denv.world_size, run.denv.rank, training.seed, state.epoch,
+                         cfg.model.tableSizes, skip=state.epoch_step, workers=training.dataLoaderWorkers,
+                         pin=run.device.type == "cuda")
+    state.data_wait_counted = 0.0
+    for batch in loader:
+        any_rank_stopping = _train_step(run, state, batch)
+        at_end = state.step >= run.total_steps
+        if state.step % cfg.reporting.logEverySteps == 0 or at_end or any_rank_stopping:
+            _close_log_window(run, state, loader.wait_seconds)
+        if any_rank_stopping:
+            _stop_preempted(run, state)
+        if at_end:
+            return True
+        if cfg.checkpoint.directory and state.step % cfg.checkpoint.everySteps == 0:
+            _save_checkpoint(run, state)
+            _report_status(run, state)
+        if training.evalEverySteps and state.step % training.evalEverySteps == 0:
+            _evaluate(run, state)
+    _count_data_wait(run, state, loader.wait_seconds)
+    return False
 
-        bar = tqdm(total=total, initial=step, unit="step", desc="train", dynamic_ncols=True)
 
-    auc = ll = None
-    eval_step = None
-    history: list = []
-    last_loss: float | None = None
-    window_sum = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, samples (this rank)
-    win_t0 = time.perf_counter()
-    win_samples = 0
-    sps: float | None = None
-    step_time_ewma: float | None = None
-    wait_reported = 0.0
-    pin = device.type == "cuda"
+def _train_step(run: _Run, state: LoopState, batch: Batch) -> bool:
+    """One optimizer step on this rank's part of a global batch. Returns whether any rank got
+    SIGTERM (every rank learns it here, so all stop after the same step and checkpoint together).
 
-    def report_status():
-        if reporter is None:
-            return
-        eta = None
-        if step_time_ewma is not None and total:
-            eta = max(0.0, (total - step) * step_time_ewma)
-        # Rounded: these are read by people (kubectl get rtj columns), not fed back into training.
-        prog = Progress(
-            epoch=min(epoch, max(tc.epochs - 1, 0)), step=step, totalSteps=total,
-            percent=round(100.0 * step / total, 2) if total else None,
-            loss=_rounded(last_loss, 5), samplesPerSecond=_rounded(sps, 1), etaSeconds=_rounded(eta, 1),
-            lastCheckpointStep=last_ckpt_step, updatedTime=_now(),
-        )
-        met = TrainingMetrics(auc=_rounded(auc if auc is not None and not math.isnan(auc) else None, 5),
-                              logloss=_rounded(ll, 5), evalStep=eval_step, rowsSkipped=rows_skipped)
-        reporter.update(prog, met)
+    The hot path: no host-device sync, no .item(), nothing allocated beyond what the step needs.
+    """
+    started = time.perf_counter()
+    training = run.cfg.training
+    device, denv, optimizers, scaler = run.device, run.denv, run.optimizers, run.scaler
+    batch = batch.to(device, non_blocking=device.type == "cuda")
+    warmup = training.optimizer.warmupSteps
+    if warmup:  # linear from lr/warmup to lr over warmupSteps
+        factor = min(1.0, (state.step + 1) / warmup)
+        for optimizer, lr in zip(optimizers, run.base_lrs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+    with _autocast(device, training.precision):
+        logits = run.model(batch.dense, batch.cat)
+    loss_sum = F.binary_cross_entropy_with_logits(logits.float(), batch.label, reduction="sum")
+    # DDP averages gradients over ranks; scaling by world/global makes the result the gradient of
+    # the mean loss over the global batch, whatever each rank's share.
+    loss = loss_sum * (denv.world_size / batch.global_size)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    any_rank_stopping = finish_sparse_grads(run.dlrm, denv, run.stop.set)
+    if scaler is not None:
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+        scaler.update()
+    else:
+        for optimizer in optimizers:
+            optimizer.step()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.epoch_step += 1
+    state.window.add(loss_sum, batch.global_size)
+    run.metrics.samples.inc(batch.label.shape[0])
+    run.metrics.step.set(state.step)
+    if run.bar:
+        run.bar.update(1)
+    state.time_step(time.perf_counter() - started)
+    return any_rank_stopping
 
-    def do_eval():
-        nonlocal auc, ll, eval_step
-        if eval_t is None or len(eval_t) == 0:
-            return
-        auc, ll = evaluate(core, eval_t, cfg, device, denv)
-        eval_step = step
-        pm.auc.set(auc)
-        if denv.rank == 0:
-            msg = f"eval step={step} auc={auc:.4f} logloss={ll:.4f}" + (f" oracle_auc={oracle:.4f}" if oracle is not None else "")
-            (bar.write if bar else log.info)(msg)
-            if tb is not None:
-                tb.add_scalar("eval/auc", auc, step)
-                tb.add_scalar("eval/logloss", ll, step)
-        report_status()
 
-    report_status()
-    model.train()
-    done = step >= total
-    while not done and epoch < tc.epochs:
-        loader = BatchLoader(train_t, tc.batchSize, denv.world_size, denv.rank, tc.seed, epoch, cfg.model.tableSizes,
-                             skip=epoch_step, workers=tc.dataLoaderWorkers, pin=pin)
-        for batch in loader:
-            t_step = time.perf_counter()
-            batch = batch.to(device, non_blocking=pin)
-            # Warmup: linear from lr/warmup to lr over warmupSteps.
-            if oc.warmupSteps:
-                f = min(1.0, (step + 1) / oc.warmupSteps)
-                for o, lr in zip(optimizers, base_lrs):
-                    for g in o.param_groups:
-                        g["lr"] = lr * f
-            with _autocast(device, tc.precision):
-                logits = model(batch.dense, batch.cat)
-            loss_sum = F.binary_cross_entropy_with_logits(logits.float(), batch.label, reduction="sum")
-            # DDP averages gradients over ranks; scaling by world/global makes the result the
-            # gradient of the mean loss over the global batch, whatever each rank's share.
-            loss = loss_sum * (denv.world_size / batch.global_size)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            # Every rank learns here whether any got SIGTERM, so all stop after the same step and
-            # checkpoint together.
-            want_stop = _finish_sparse_grads(core, denv, stop.set)
-            if scaler is not None:
-                for o in optimizers:
-                    scaler.step(o)
-                scaler.update()
-            else:
-                for o in optimizers:
-                    o.step()
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            step += 1
-            epoch_step += 1
-            n = batch.label.shape[0]
-            window_sum += torch.stack([loss_sum.detach().double(), torch.tensor(float(n), dtype=torch.float64, device=device)])
-            win_samples += batch.global_size
-            pm.samples.inc(n)
-            pm.step.set(step)
-            if bar:
-                bar.update(1)
-
-            dt = time.perf_counter() - t_step
-            step_time_ewma = dt if step_time_ewma is None else 0.9 * step_time_ewma + 0.1 * dt
-            at_end = step >= total
-            if step % cfg.reporting.logEverySteps == 0 or at_end or want_stop:
-                ws = window_sum.clone()
-                if denv.distributed:
-                    dist.all_reduce(ws)
-                if ws[1] > 0:
-                    last_loss = float(ws[0] / ws[1])
-                window_sum.zero_()
-                el = time.perf_counter() - win_t0
-                sps = win_samples / el if el > 0 else None
-                win_t0, win_samples = time.perf_counter(), 0
-                history.append((step, last_loss))
-                pm.loss.set(last_loss if last_loss is not None else float("nan"))
-                if sps is not None:
-                    pm.sps.set(sps / denv.world_size)
-                pm.data_wait.inc(max(0.0, loader.wait_seconds - wait_reported))
-                wait_reported = loader.wait_seconds
-                if device.type == "cuda":
-                    pm.gpu_mem.set(torch.cuda.memory_allocated(device))
-                if denv.rank == 0:
-                    if bar:
-                        bar.set_postfix(loss=f"{last_loss:.4f}", sps=f"{sps:,.0f}" if sps else "-", refresh=False)
-                    else:
-                        log.info("step=%d/%d epoch=%d loss=%.5f samples_per_s=%.0f", step, total, epoch, last_loss or float("nan"), sps or 0.0)
-                    if tb is not None:
-                        tb.add_scalar("train/loss", last_loss, step)
-                        if sps:
-                            tb.add_scalar("train/samples_per_second", sps, step)
-                report_status()
-            if want_stop:
-                path = save_ckpt()
-                report_status()
-                if bar:
-                    bar.close()
-                raise Preempted(step, path)
-            if cfg.checkpoint.directory and step % cfg.checkpoint.everySteps == 0 and not at_end:
-                save_ckpt()
-                report_status()
-            if tc.evalEverySteps and step % tc.evalEverySteps == 0 and not at_end:
-                do_eval()
-            if at_end:
-                done = True
-                break
+def _close_log_window(run: _Run, state: LoopState, data_wait_seconds: float) -> None:
+    """A log point: the window's global loss and throughput go to the history, the metrics, the
+    log (rank 0), TensorBoard and the job's status."""
+    loss, samples_per_second = state.window.close(run.denv.distributed)
+    if loss is not None:
+        state.loss = loss
+    state.samples_per_second = samples_per_second
+    state.history.append((state.step, state.loss))
+    metrics = run.metrics
+    metrics.loss.set(state.loss if state.loss is not None else float("nan"))
+    if samples_per_second is not None:
+        metrics.sps.set(samples_per_second / run.denv.world_size)
+    _count_data_wait(run, state, data_wait_seconds)
+    if run.device.type == "cuda":
+        metrics.gpu_mem.set(torch.cuda.memory_allocated(run.device))
+    if run.denv.rank == 0:
+        if run.bar:
+            run.bar.set_postfix(loss=f"{state.loss:.4f}", sps=f"{samples_per_second:,.0f}" if samples_per_second else "-",
+                                refresh=False)
         else:
-            epoch += 1
-            epoch_step = 0
-            continue
-        break
-    do_eval()
-    final = save_ckpt()
-    report_status()
-    if bar:
-        bar.close()
-    if denv.rank == 0 and auc is not None:
-        print(f"final: step={step} loss={last_loss if last_loss is not None else float('nan'):.5f} auc={auc:.4f} logloss={ll:.4f}" + (f" oracle_auc={oracle:.4f}" if oracle is not None else ""), flush=True)
-    return RunResult(step, epoch, total, last_loss, auc, ll, rows_skipped, final, sps, history)
+            log.info("step=%d/%d epoch=%d loss=%.5f samples_per_s=%.0f", state.step, run.total_steps, state.epoch,
+                     state.loss or float("nan"), samples_per_second or 0.0)
+        if run.tensorboard is not None:
+            run.tensorboard.add_scalar("train/loss", state.loss, state.step)
+            if samples_per_second:
+                run.tensorboard.add_scalar("train/samples_per_second", samples_per_second, state.step)
+    _report_status(run, state)
+
+
+def _count_data_wait(run: _Run, state: LoopState, data_wait_seconds: float) -> None:
+    """Add what the current epoch's loader waited since the last count to the metrics."""
+    run.metrics.data_wait.inc(max(0.0, data_wait_seconds - state.data_wait_counted))
+    state.data_wait_counted = data_wait_seconds
+
+
+def _save_checkpoint(run: _Run, state: LoopState) -> str | None:
+    """A checkpoint of this step (once per step), or None when checkpoints are off."""
+    directory = run.cfg.checkpoint.directory
+    if not directory:
+        return None
+    if state.last_checkpoint_step == state.step:
+        return str(ckpt.step_dir(directory, state.step))
+    meta = {"epoch": state.epoch, "epochStep": state.epoch_step, "totalSteps": run.total_steps,
+            "worldSize": run.denv.world_size, "globalBatch": run.global_batch, "time": _now()}
+    path = ckpt.save(directory, state.step, run.model, run.optimizers, run.scaler, meta, run.denv.rank,
+                     run.cfg.checkpoint.keep, extra={"torch_rng": torch.get_rng_state()})
+    state.last_checkpoint_step = state.step
+    return str(path)
+
+
+def _evaluate(run: _Run, state: LoopState) -> None:
+    """AUC and logloss on the held-out data (when there is any), logged and reported."""
+    if run.eval_data is None or len(run.eval_data) == 0:
+        return
+    state.auc, state.logloss = evaluate(run.dlrm, run.eval_data, run.cfg, run.device, run.denv)
+    state.eval_step = state.step
+    run.metrics.auc.set(state.auc)
+    if run.denv.rank == 0:
+        run.say(f"eval step={state.step} auc={state.auc:.4f} logloss={state.logloss:.4f}" + _oracle_text(run))
+        if run.tensorboard is not None:
+            run.tensorboard.add_scalar("eval/auc", state.auc, state.step)
+            run.tensorboard.add_scalar("eval/logloss", state.logloss, state.step)
+    _report_status(run, state)
+
+
+def _report_status(run: _Run, state: LoopState) -> None:
+    """Hand the job's progress and metrics to the reporter (rank 0; it throttles the patches)."""
+    if run.reporter is None:
+        return
+    total, step = run.total_steps, state.step
+    eta = max(0.0, (total - step) * state.step_seconds) if state.step_seconds is not None and total else None
+    # Rounded: these are read by people (kubectl get rtj columns), not fed back into training.
+    progress = Progress(
+        epoch=min(state.epoch, max(run.cfg.training.epochs - 1, 0)), step=step, totalSteps=total,
+        percent=round(100.0 * step / total, 2) if total else None,
+        loss=_rounded(state.loss, 5), samplesPerSecond=_rounded(state.samples_per_second, 1), etaSeconds=_rounded(eta, 1),
+        lastCheckpointStep=state.last_checkpoint_step, updatedTime=_now(),
+    )
+    auc = state.auc if state.auc is not None and not math.isnan(state.auc) else None
+    metrics = TrainingMetrics(auc=_rounded(auc, 5), logloss=_rounded(state.logloss, 5), evalStep=state.eval_step,
+                              rowsSkipped=run.rows_skipped)
+    run.reporter.update(progress, metrics)
+
+
+def _stop_preempted(run: _Run, state: LoopState):
+    """SIGTERM reached a rank: checkpoint this step, report, and raise Preempted."""
+    path = _save_checkpoint(run, state)
+    _report_status(run, state)
+    if run.bar:
+        run.bar.close()
+    raise Preempted(state.step, path)
+
+
+def _finish(run: _Run, state: LoopState) -> RunResult:
+    """The last evaluation, checkpoint and status, and the run's result."""
+    _evaluate(run, state)
+    final_checkpoint = _save_checkpoint(run, state)
+    _report_status(run, state)
+    if run.bar:
+        run.bar.close()
+    if run.denv.rank == 0 and state.auc is not None:
+        loss = state.loss if state.loss is not None else float("nan")
+        print(f"final: step={state.step} loss={loss:.5f} auc={state.auc:.4f} logloss={state.logloss:.4f}" + _oracle_text(run),
+              flush=True)
+    return RunResult(state.step, state.epoch, run.total_steps, state.loss, state.auc, state.logloss, run.rows_skipped,
+                     final_checkpoint, state.samples_per_second, state.history)
+
+
+def _oracle_text(run: _Run) -> str:
+    return f" oracle_auc={run.oracle_auc:.4f}" if run.oracle_auc is not None else ""
