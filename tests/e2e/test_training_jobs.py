@@ -5,6 +5,7 @@ go through the same paths as on a cloud cluster."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def test_job_trains_to_succeeded_with_progress(harness, operator, kubeconfig, namespace):
-    kubectl_apply(kubeconfig, namespace, job_manifest("train", trainer(rows=120_000, batch=512)))
+    """2 pods x 2 rank processes (torchrun in each pod): 4 ranks train together."""
+    rows, batch = 120_000, 512
+    manifest = job_manifest("train", trainer(rows=rows, batch=batch))
+    manifest["spec"]["procsPerReplica"] = 2
+    kubectl_apply(kubeconfig, namespace, manifest)
     recorder = ProgressRecorder(harness, "train")
     recorder.start()
     status = harness.wait_phase("train", "Succeeded", timeout=300)
@@ -30,6 +35,11 @@ def test_job_trains_to_succeeded_with_progress(harness, operator, kubeconfig, na
     assert progress["step"] == progress["totalSteps"] and progress["percent"] == pytest.approx(100)
     assert 0.6 < metrics["auc"] <= 1.0, metrics
     assert (status.get("failures") or 0) == 0 and (status.get("preemptions") or 0) == 0
+    assert progress["totalSteps"] <= rows // (batch * 4) + 1, f"fewer than 4 ranks shared the data: {progress}"
+    for pod, ranks in (("train-0-a0", (0, 1)), ("train-1-a0", (2, 3))):
+        log = kubectl(kubeconfig, namespace, "logs", pod)
+        for rank in ranks:
+            assert f"[rank{rank}]:" in log and f"joined: rank {rank} of 4" in log, f"{pod} lacks rank {rank}:\n{log[-2000:]}"
 
 
 def test_spot_reclaim_resumes_from_checkpoint(harness, operator, kubeconfig, namespace, local_cluster):
@@ -77,3 +87,27 @@ def test_application_failure_fails_after_backoff_limit(harness, operator, kubeco
     assert "/nonexistent/criteo" in json.dumps(status["lastFailure"]), f"the trainer's message is not in status: {status}"
     wait_for(lambda: any("/nonexistent/criteo" in message for _, _, message in harness.events("broken")),
              what="an Event carrying the trainer's message")
+
+
+def test_a_crashing_local_rank_fails_the_job_naming_its_global_rank(harness, operator, kubeconfig, namespace):
+    """Global rank 3 (pod 1, local rank 1) dies at start-up with exit code 7, as a user's bug on one
+    rank would: the pod exits 7 and the job's lastFailure names pod rank 1 and global rank 3."""
+    crash = "import os\nif 'LOCAL_RANK' in os.environ and os.environ.get('RANK') == os.environ.get('CRASH_RANK'):\n    os._exit(7)\n"
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "crash"}, "data": {"sitecustomize.py": crash}}
+    manifest = job_manifest("crash", trainer(rows=4000, batch=64), backoff_limit=0)
+    manifest["spec"].update(procsPerReplica=2, pod={
+        "volumes": [{"name": "crash", "configMap": {"name": "crash"}}],
+        "volumeMounts": [{"name": "crash", "mountPath": "/crash", "readOnly": True}],
+        "env": [{"name": "PYTHONPATH", "value": "/crash"}, {"name": "CRASH_RANK", "value": "3"}],
+    })
+    kubectl_apply(kubeconfig, namespace, config_map, manifest)
+    status = harness.wait_phase("crash", "Failed", timeout=240)
+    last = status["lastFailure"]
+    assert (last["cause"], last["rank"], last["exitCode"]) == ("failure", 1, 7), json.dumps(status, indent=1)
+    assert "global rank 3 (local rank 1) exited with code 7" in last["message"], last
+
+
+def kubectl(kubeconfig: str, namespace: str, *args: str) -> str:
+    result = subprocess.run(["kubectl", "-n", namespace, *args], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "KUBECONFIG": kubeconfig}, check=True)
+    return result.stdout

@@ -238,6 +238,9 @@ def train(cfg: TrainerConfig, denv: DistEnv | None = None, *, reporter=None, pro
         kw = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, init_method="env://", rank=denv.rank, world_size=denv.world_size, **kw)
         own_process_group = True
+        # One line per rank, so every rank's log shows it joined (and where it runs).
+        log.info("joined: rank %d of %d (local rank %d) on %s, backend %s", denv.rank, denv.world_size, denv.local_rank,
+                 device, backend)
     stop = _StopFlag()
     stop.install()
     metrics = RankMetrics(denv.rank, cfg.reporting.metricsPort + denv.local_rank if cfg.reporting.metricsPort else 0)
