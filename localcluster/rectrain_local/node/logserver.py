@@ -191,6 +191,10 @@ class LogServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+        # socketserver prints the traceback to stderr; as a record it stays one line of the JSON log.
+        log.exception("log request from %s failed", client_address)
+
     def start(self) -> "LogServer":
         threading.Thread(target=self.serve_forever, name="kubelet-endpoint", daemon=True).start()
         return self

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,25 @@ class PodNetwork:
 
     def remove_bridge(self) -> None:
         ip("link", "del", self.bridge, check=False)
+
+
+class IpPool:
+    """The pod addresses of one subnet not yet given to a pod; safe to share between pod workers."""
+
+    def __init__(self, subnet: ipaddress.IPv4Network) -> None:
+        self._free = [str(h) for h in list(subnet.hosts())[1:]]  # .1 is the gateway
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        with self._lock:
+            if not self._free:
+                raise RuntimeError("the pod network has no free address left")
+            return self._free.pop(0)
+
+    def give_back(self, address: str) -> None:
+        with self._lock:
+            if address and address not in self._free:
+                self._free.append(address)
 
 
 def netns_name(pod_uid: str) -> str:
