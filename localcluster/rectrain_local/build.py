@@ -7,6 +7,8 @@ counts as complete only when a marker written after the last binary exists.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -144,6 +146,27 @@ def build(force: bool = False) -> BuildCache:
     cache = k8s_cache()
     if cache.is_complete() and not force:
         return cache
+    with _build_lock(cache.root):
+        if cache.is_complete() and not force:  # another process built it while this one waited
+            return cache
+        return _build(cache)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path):
+    """One build per cache at a time: two (two `make test` runs, a test session and `make setup`)
+    would wipe each other's work directory."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("another process is building the control plane; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(cache: BuildCache) -> BuildCache:
     started = time.monotonic()
     work = cache.root.with_name(cache.root.name + ".build")
     logs = cache.root.with_name(cache.root.name + ".logs")
