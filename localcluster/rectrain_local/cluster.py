@@ -345,7 +345,8 @@ class LocalCluster:
                 log = self.log_dir / f"{component.name}.log"
                 say(f"starting {component.name}")
                 try:
-                    record = spawn(component.name, component.argv, log)
+                    # The node agent's log is JSON lines (node/jsonlog.py): no plain-text header in it.
+                    record = spawn(component.name, component.argv, log, header=component.name != "node-agent")
                 except (OSError, RuntimeError) as exc:
                     raise StepFailed(f"start {component.name}", component.argv, log, str(exc)) from exc
                 state.processes.append(record)

@@ -44,11 +44,21 @@ class ProcessRecord:
         return cls(name=data["name"], pid=int(data["pid"]), start_time=int(data["startTime"]))
 
 
-def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> ProcessRecord:
-    """Start `argv` detached from this process (own session), output appended to `log`."""
+def spawn(
+    name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None, *, header: bool = True
+) -> ProcessRecord:
+    """Start `argv` detached from this process (own session), output appended to `log`.
+
+    With `header`, a plain-text `==== <time> $ <argv>` line comes first. With header=False nothing of
+    this function's own goes in (for a log that must hold only what the process writes, such as the node
+    agent's JSON lines) beyond ending a line a previous run left unfinished.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n".encode())
+        if header:
+            out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n".encode())
+        elif _ends_mid_line(log):
+            out.write(b"\n")
         out.flush()
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
@@ -58,6 +68,15 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = No
         code = proc.wait()
         raise RuntimeError(f"{name} exited at once with code {code}; see {log}")
     return ProcessRecord(name=name, pid=proc.pid, start_time=start)
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether `path` ends with a line that has no newline yet (a process killed while writing it)."""
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def stop(record: ProcessRecord, grace_seconds: float = 10.0) -> None:

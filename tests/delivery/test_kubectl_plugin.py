@@ -5,6 +5,7 @@ end-to-end case."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import yaml
@@ -90,8 +91,13 @@ def test_submit_describe_and_logs_with_restarts_and_preemptions(kubeconfig, k8s_
     pods_section = text.split("Pods:")[1].split("Events:")[0]
     assert "desc-0-a2" in pods_section and "desc-1-a2" in pods_section
     events = text.split("Events:")[1]
-    assert "Preempted" in events or "preempt" in events.lower()
-    assert events.count("\n") >= 2
+    # The operator's Warning Events for the two gang restarts: reason Preempted for the eviction, then
+    # ApplicationFailed for the exit code, each with its restart number (lifecycle._restart_gang).
+    restarting = r"; restarting all 2 ranks in \S+s \(restart {}\)$"
+    preempted = rf"^  Warning +Preempted +.* ago  pod {pods[1].metadata.name}: Evicted: .*" + restarting.format(1)
+    failed = r"^  Warning +ApplicationFailed +.* ago  .*" + restarting.format(2)
+    assert re.search(preempted, events, re.MULTILINE), events
+    assert re.search(failed, events, re.MULTILINE), events
 
     # Logs: these pods never ran anywhere, so neither the API nor a local node has their output.
     result = plugin(kubeconfig, "logs", "desc", "--rank", "1", "-n", namespace, check=False)

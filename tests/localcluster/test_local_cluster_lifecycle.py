@@ -74,18 +74,24 @@ def test_restart_keeps_data_and_fresh_wipes_it(tmp_path):
         assert not any(record.alive() for record in records)
 
 
+@pytest.mark.slow
 def test_a_failing_step_names_the_step_command_and_log(tmp_path):
     if os.environ.get("RECTRAIN_TEST_KUBECONFIG"):
         pytest.skip("exercises rectrain-local itself, not an external cluster")
-    state = tmp_path / "state"
-    # etcd cannot use a data directory that is a file: the start-up must fail at that step, cleanly.
-    (state / "cluster").mkdir(parents=True)
-    (state / "cluster" / "etcd").write_text("not a directory")
-    result = _cli(state, "up", "--timeout", "30")
-    assert result.returncode == 1
-    assert "step failed:" in result.stderr and "etcd" in result.stderr
-    assert "command:" in result.stderr and "log:" in result.stderr
-    assert not any(record.alive() for record in LocalCluster(state).load_state().processes)
+    state = (tmp_path / "state").resolve()
+    # The controller-manager cannot write its self-signed serving certificate into a "directory" that is
+    # a file: the start-up must fail at that step, after etcd and kube-apiserver already run, and stop them.
+    (state / "cluster" / "pki").mkdir(parents=True)
+    (state / "cluster" / "pki" / "controller-manager-generated").write_text("not a directory")
+    result = _cli(state, "up", "--timeout", "150")
+    assert result.returncode == 1, result.stderr
+    assert "starting etcd" in result.stderr and "starting kube-apiserver" in result.stderr, result.stderr
+    assert "step failed: start kube-controller-manager" in result.stderr, result.stderr
+    assert "command: " in result.stderr and "/kube-controller-manager --kubeconfig=" in result.stderr
+    assert f"log: {state / 'cluster' / 'logs' / 'kube-controller-manager.log'}" in result.stderr
+    # `down` forgets the records of what it stopped, so look for leftovers by command line: every
+    # component's command names the state directory (etcd's --data-dir, the others' kubeconfig).
+    assert not _processes_running(str(state)), "a process the failed up started still runs"
 
 
 def test_half_built_cache_is_not_complete(tmp_path):

@@ -13,13 +13,20 @@ from kubernetes import client
 from rectrain_local.node.jsonlog import JsonFormatter
 from support import wait_for
 
-SPAWN_HEADER = "==== "  # the line rectrain-local writes before each start of a component, not the agent's
-
 
 def _record_lines(text: str) -> list[dict]:
-    """Each complete line of a log as JSON (a line still being written is left out)."""
+    """Each complete line of a log as JSON (a line still being written is left out): every line must be
+    a JSON object, blank lines and rectrain-local's plain-text spawn headers included."""
     complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines() if line and not line.startswith(SPAWN_HEADER)]
+    records = []
+    for number, line in enumerate(complete.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        assert isinstance(record, dict), f"line {number} is not a JSON object: {line!r}"
+        records.append(record)
+    return records
 
 
 def _log_through_formatter(emit) -> list[dict]:

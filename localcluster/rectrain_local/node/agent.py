@@ -32,12 +32,11 @@ from .forward import Forwarder
 from .hosts import PodHostsFiles
 from .logserver import LogServer, LogSource
 from .pods import now_rfc3339
-from .podstatus import PodStatusReporter
+from .podstatus import STRATEGIC, PodStatusReporter
 from .volumes import PodVolumes
-from .worker import CURRENT_LOG, PREVIOUS_LOG, NodeServices, PodWorker
+from .worker import CURRENT_LOG, PREVIOUS_LOG, NodeServices, PodWorker, pod_log_dirs
 
 log = logging.getLogger("rectrain.node")
-STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 HEARTBEAT_EVERY = 20  # housekeeping rounds (one a second) between two Node status heartbeats
 
@@ -188,11 +187,10 @@ class NodeAgent:
 
     def pod_logs(self, namespace: str, name: str) -> LogSource | None:
         """The log files of the newest pod of that name this node ran."""
-        dirs = [d for d in self.pods_dir.glob(f"{namespace}_{name}_*") if d.is_dir()]
+        dirs = pod_log_dirs(self.pods_dir, namespace, name)
         if not dirs:
             return None
-        newest = max(dirs, key=lambda d: d.stat().st_mtime)
-        uid = newest.name.rsplit("_", 1)[1]
+        uid, newest = max(dirs.items(), key=lambda item: item[1].stat().st_mtime)
 
         def running() -> bool:
             with self.lock:

@@ -11,14 +11,14 @@ from kubernetes import client, config
 from ..cluster import LocalCluster
 from ..steps import StepFailed
 from .pods import now_rfc3339
-
-STRATEGIC = "application/strategic-merge-patch+json"
+from .podstatus import STRATEGIC
+from .worker import CURRENT_LOG, pod_log_dirs
 
 
 def pod_log_paths(cluster: LocalCluster, namespace: str, pod: str) -> list[Path]:
     """Log files of every pod of that name the node ran, oldest first."""
     pods_dir = cluster.cluster_dir / "node" / "pods"
-    paths = [p / "container.log" for p in pods_dir.glob(f"{namespace}_{pod}_*") if (p / "container.log").is_file()]
+    paths = [d / CURRENT_LOG for d in pod_log_dirs(pods_dir, namespace, pod).values() if (d / CURRENT_LOG).is_file()]
     return sorted(paths, key=lambda p: p.stat().st_mtime)
 
 

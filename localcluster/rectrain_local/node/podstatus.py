@@ -17,7 +17,7 @@ from kubernetes import client
 from .pods import failed_to_start_status, now_rfc3339, running_status, terminated_status
 
 log = logging.getLogger("rectrain.node")
-STRATEGIC = "application/strategic-merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"  # the node's patches (agent.py and commands.py use it too)
 EXIT_CODE_SIGNAL_BASE = 128  # a shell's convention, as a kubelet reports a container ended by a signal
 
 

@@ -31,6 +31,17 @@ CURRENT_LOG = "container.log"
 PREVIOUS_LOG = "container.previous.log"  # the run before the last in-place restart
 
 
+def pod_log_dir(logs_dir: Path, namespace: str, name: str, uid: str) -> Path:
+    """The directory of one pod's container logs (CURRENT_LOG, PREVIOUS_LOG) under the node's `logs_dir`."""
+    return logs_dir / f"{namespace}_{name}_{uid}"
+
+
+def pod_log_dirs(logs_dir: Path, namespace: str, name: str) -> dict[str, Path]:
+    """The log directories of every pod of that name the node ran, by pod uid."""
+    dirs = logs_dir.glob(pod_log_dir(logs_dir, namespace, name, "*").name)
+    return {d.name.rsplit("_", 1)[1]: d for d in dirs if d.is_dir()}
+
+
 @dataclass(frozen=True)
 class NodeServices:
     """What a pod worker uses of its node. The agent builds one and every worker shares it."""
@@ -49,10 +60,6 @@ class NodeServices:
     processes_changed: Callable[[], None]
     worker_done: Callable[[str], None]
 
-    def pod_log_dir(self, pod: dict) -> Path:
-        meta = pod["metadata"]
-        return self.logs_dir / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
-
 
 class PodWorker(threading.Thread):
     """One pod's life on this node."""
@@ -64,7 +71,7 @@ class PodWorker(threading.Thread):
         self.pod = pod
         self.uid = meta["uid"]
         self.pod_dir = node.volumes.pod_dir(self.uid)
-        self.log_path = node.pod_log_dir(pod) / CURRENT_LOG
+        self.log_path = pod_log_dir(node.logs_dir, meta["namespace"], meta["name"], self.uid) / CURRENT_LOG
         self.pod_ip = ""
         self.process: subprocess.Popen | None = None
         self.record: ProcessRecord | None = None  # what a restarted agent needs to end this process
