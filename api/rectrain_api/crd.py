@@ -149,6 +149,10 @@ PRINTER_COLUMNS = [
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts."},
     {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions", "description": "Preemptions survived."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Size", "type": "integer", "jsonPath": ".status.replicas", "priority": 1, "description": "Rank pods of the current attempt."},
+    {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas", "priority": 1,
+     "description": "Rank pods the job aims for (elastic.maxReplicas for an elastic job)."},
+    {"name": "Resizes", "type": "integer", "jsonPath": ".status.resizes", "priority": 1, "description": "Elastic resizes."},
 ]
 
 

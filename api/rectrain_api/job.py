@@ -29,6 +29,7 @@ SHORT_NAMES = ["rtj"]
 LABEL_JOB_NAME = "rectrain.io/job-name"
 LABEL_RANK = "rectrain.io/rank"
 LABEL_ATTEMPT = "rectrain.io/attempt"
+LABEL_PROBE = "rectrain.io/capacity-probe"  # an elastic job's capacity probe (its index), never a rank
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "rectrain-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -89,7 +90,7 @@ class SpotPolicy(_Model):
     """Run on spot/preemptible capacity: node affinity and tolerations from a provider preset.
     Reclaims of spot nodes count as preemptions, never against runPolicy.backoffLimit."""
 
-    enabled: bool = Field(False, description="Place rank pods on spot nodes and treat signal exits (128+) as preemptions.")
+    enabled: bool = Field(False, description="Place rank pods on spot nodes and treat every signal exit (128+N) as a preemption (143 is one everywhere).")
     mode: Literal["required", "preferred"] = Field(
         "preferred", description="required: only spot nodes; preferred: spot nodes when available, otherwise any node."
     )
@@ -161,7 +162,10 @@ class RunPolicy(_Model):
     """Restarts, limits, clean-up and suspension."""
 
     backoffLimit: int = Field(
-        3, ge=0, description="Application failures (rank exit codes 1-127, or signals off spot) tolerated before the job fails; each one restarts the whole gang."
+        3, ge=0, description=(
+            "Application failures tolerated before the job fails (exit codes other than 0, 2 and 143, signal exits off spot, "
+            "OOMKilled); each one restarts the whole gang. Exit code 2 (invalid configuration) fails the job at once."
+        ),
     )
     maxPreemptions: int | None = Field(
         None, ge=0, description="Preemptions/disruptions tolerated before the job fails; empty means unlimited. Preemptions never consume backoffLimit."
@@ -233,6 +237,22 @@ class PodOverrides(_Model):
     )
 
 
+class ElasticPolicy(_Model):
+    """Let the gang shrink and grow with the capacity there is (spot reclaims, busy clusters).
+
+    The job aims for maxReplicas rank pods. Rank pods the scheduler cannot place shrink the gang
+    (never below minReplicas) instead of keeping it waiting; while it runs smaller, one pod per
+    missing rank (a capacity probe: the rank's resources, placement and priority, running `sleep`)
+    holds room as it appears, and once the probes are placed the gang grows back. A resize stops the
+    ranks with SIGTERM (they checkpoint), then starts the new size from that checkpoint. Resizes are
+    counted in status.resizes, never as failures or preemptions. Elastic jobs need
+    trainer.checkpoint.directory and trainer.training.globalBatchSize (the global batch stays the same
+    at every size, so a step means the same rows whatever the size). spec.replicas is not used."""
+
+    minReplicas: int = Field(..., ge=1, le=1024, description="Fewest rank pods the job runs with; below this it waits for capacity.")
+    maxReplicas: int = Field(..., ge=1, le=1024, description="Rank pods the job aims for (and starts with).")
+
+
 class RecTrainJobSpec(_Model):
     """Desired state of a distributed recommendation-model training job."""
 
@@ -256,6 +276,9 @@ class RecTrainJobSpec(_Model):
     runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, limits, TTL, deadline and suspension.")
     nccl: NcclConfig = Field(default_factory=NcclConfig, description="NCCL environment for every rank.")
     pod: PodOverrides = Field(default_factory=PodOverrides, description="Additions to every rank pod.")
+    elastic: ElasticPolicy | None = Field(
+        None, description="Shrink and grow between minReplicas and maxReplicas rank pods with the capacity there is; spec.replicas is then not used."
+    )
 
     @property
     def procs(self) -> int:
@@ -266,7 +289,18 @@ class RecTrainJobSpec(_Model):
 
     @property
     def world_size(self) -> int:
-        return self.replicas * self.procs
+        """Ranks at the size the job aims for."""
+        return self.desired_replicas * self.procs
+
+    @property
+    def desired_replicas(self) -> int:
+        """Rank pods the job aims for: elastic.maxReplicas for an elastic job, else replicas."""
+        return self.elastic.maxReplicas if self.elastic else self.replicas
+
+    @property
+    def min_replicas(self) -> int:
+        """Fewest rank pods the job runs with: elastic.minReplicas, else all of them."""
+        return self.elastic.minReplicas if self.elastic else self.replicas
 
 
 # ------------------------------------------------------------------------------------- status
@@ -308,7 +342,11 @@ class RecTrainJobStatus(_Model):
     phase: Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"] | None = Field(
         None, description="Pending, Running (all ranks running), Restarting (gang restart after backoff), Succeeded, Failed or Suspended."
     )
-    replicas: int | None = Field(None, ge=0, description="Rank pods the job wants.")
+    replicas: int | None = Field(None, ge=0, description="Rank pods of the current attempt (its size; the world size is this x procs).")
+    desiredReplicas: int | None = Field(
+        None, ge=0, description="Rank pods the job aims for: spec.replicas, or elastic.maxReplicas for an elastic job."
+    )
+    resizes: int | None = Field(None, ge=0, description="Elastic resizes so far (never counted as failures or preemptions).")
     readyReplicas: int | None = Field(None, ge=0, description="Rank pods of the current attempt that are running.")
     ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl get.")
     replicaCounts: ReplicaCounts | None = Field(None, description="Rank pods of the current attempt by state.")

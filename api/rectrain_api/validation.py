@@ -121,7 +121,7 @@ def check_spec(spec: RecTrainJobSpec, name: str | None = None) -> list[str]:
     """Every cross-field rule of a RecTrainJob's spec, its trainer section included, and of its
     metadata.name when given (the name becomes the Service's and the pods' hostnames)."""
     return [
-        *([] if name is None else _name_rules(name, spec.replicas)),
+        *([] if name is None else _name_rules(name, spec.desired_replicas)),
         *_process_rules(spec),
         *_gpu_rules(spec),
         *check_trainer(spec.trainer, prefix=TRAINER_IN_SPEC),
@@ -129,6 +129,7 @@ def check_spec(spec: RecTrainJobSpec, name: str | None = None) -> list[str]:
         *_spot_rules(spec),
         *_volume_rules(spec.pod),
         *_reserved_metadata_rules(spec.pod),
+        *_elastic_rules(spec),
     ]
 
 
@@ -159,7 +160,25 @@ def _process_rules(spec: RecTrainJobSpec) -> list[str]:
             f"spec.procsPerReplica: {spec.procsPerReplica} conflicts with spec.gpusPerReplica {spec.gpusPerReplica} (one process per GPU); leave it empty"
         )
     if spec.world_size > MAX_WORLD_SIZE:
-        errors.append(f"spec.replicas: world size {spec.world_size} (replicas x procs) exceeds {MAX_WORLD_SIZE}")
+        field = "spec.elastic.maxReplicas" if spec.elastic else "spec.replicas"
+        errors.append(f"{field}: world size {spec.world_size} (replicas x procs) exceeds {MAX_WORLD_SIZE}")
+    return errors
+
+
+def _elastic_rules(spec: RecTrainJobSpec) -> list[str]:
+    """A resize restarts the gang from its last checkpoint, with the same global batch."""
+    if spec.elastic is None:
+        return []
+    elastic, errors = spec.elastic, []
+    if elastic.minReplicas > elastic.maxReplicas:
+        errors.append(f"spec.elastic.minReplicas: {elastic.minReplicas} exceeds spec.elastic.maxReplicas {elastic.maxReplicas}")
+    if not spec.trainer.checkpoint.directory:
+        errors.append(f"{TRAINER_IN_SPEC}checkpoint.directory: required with spec.elastic (each resize resumes from a checkpoint)")
+    if spec.trainer.training.globalBatchSize is None:
+        errors.append(
+            f"{TRAINER_IN_SPEC}training.globalBatchSize: required with spec.elastic (the global batch stays the same at every size; "
+            f"e.g. {spec.trainer.training.batchSize * spec.world_size} = batchSize x ranks at maxReplicas)"
+        )
     return errors
 
 

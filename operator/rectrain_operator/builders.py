@@ -143,19 +143,21 @@ def omp_threads(spec: api.RecTrainJobSpec) -> int:
     return max(1, int(cpu // spec.procs))
 
 
-def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int) -> list[dict[str, Any]]:
-    """Rendezvous (plain torch.distributed and torchrun PET_*), NCCL, threads, job identity, trainer config."""
+def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, size: int | None = None) -> list[dict[str, Any]]:
+    """Rendezvous (plain torch.distributed and torchrun PET_*), NCCL, threads, job identity, trainer
+    config, for rank pod `rank` of a gang of `size` pods (default: the size the job aims for)."""
     procs = spec.procs
+    size = spec.desired_replicas if size is None else size
     addr = master_addr(ref)
     port = str(spec.masterPort)
     env: dict[str, str] = {
         "MASTER_ADDR": addr,
         "MASTER_PORT": port,
-        "WORLD_SIZE": str(spec.world_size),
+        "WORLD_SIZE": str(size * procs),
         "RANK": str(rank * procs),
         "NODE_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(procs),
-        "PET_NNODES": str(spec.replicas),
+        "PET_NNODES": str(size),
         "PET_NPROC_PER_NODE": str(procs),
         "PET_NODE_RANK": str(rank),
         "PET_MASTER_ADDR": addr,
@@ -257,14 +259,15 @@ DEFAULT_POD_SECURITY = {
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int) -> dict[str, Any]:
-    """The Pod of one rank in one gang attempt."""
+def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int, size: int | None = None) -> dict[str, Any]:
+    """The Pod of one rank in one gang attempt of `size` rank pods (default: the size the job aims for)."""
+    size = spec.desired_replicas if size is None else size
     our_labels = {api.LABEL_RANK: str(rank), api.LABEL_ATTEMPT: str(attempt)}
     our_annotations: dict[str, str] = {}
     if spec.scheduling.queueName:
         our_labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queueName
         our_labels[KUEUE_GROUP_LABEL] = f"{ref.name}-a{attempt}"
-        our_annotations[KUEUE_COUNT_ANNOTATION] = str(spec.replicas)
+        our_annotations[KUEUE_COUNT_ANNOTATION] = str(size)
     meta = _meta(ref, pod_name(ref, rank, attempt), our_labels)
     # Our labels and annotations win over the user's: the operator selects, counts and gangs its
     # pods by them. (Validation refuses user values for these keys; this holds without it too.)
@@ -280,7 +283,7 @@ def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int) -
         "image": spec.image,
         "imagePullPolicy": spec.imagePullPolicy,
         "command": trainer_command(spec),
-        "env": build_env(spec, ref, rank),
+        "env": build_env(spec, ref, rank, size),
         "ports": [{"name": "rendezvous", "containerPort": spec.masterPort, "protocol": "TCP"}],
         "resources": _resources(spec),
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]
@@ -301,23 +304,64 @@ def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int) -
         # Merged, not replaced: adding fsGroup must not silently drop runAsNonRoot or seccomp.
         "securityContext": {**DEFAULT_POD_SECURITY, **(spec.pod.securityContext or {})},
         "terminationGracePeriodSeconds": 30,
+        **_placement(spec),
     }
-    tolerations = _tolerations(spec)
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    affinity = _affinity(spec)
-    if affinity:
-        pod_spec["affinity"] = affinity
-    if spec.scheduling.nodeSelector:
-        pod_spec["nodeSelector"] = dict(spec.scheduling.nodeSelector)
-    if spec.scheduling.schedulerName:
-        pod_spec["schedulerName"] = spec.scheduling.schedulerName
-    if spec.scheduling.priorityClassName:
-        pod_spec["priorityClassName"] = spec.scheduling.priorityClassName
-    if spec.pod.imagePullSecrets:
-        pod_spec["imagePullSecrets"] = [s.model_dump() for s in spec.pod.imagePullSecrets]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 
-def build_pods(spec: api.RecTrainJobSpec, ref: JobRef, attempt: int, ranks: list[int] | None = None) -> list[dict[str, Any]]:
-    return [build_pod(spec, ref, r, attempt) for r in (range(spec.replicas) if ranks is None else ranks)]
+def _placement(spec: api.RecTrainJobSpec) -> dict[str, Any]:
+    """Where a rank pod may run and who schedules it (shared by rank pods and capacity probes)."""
+    placement: dict[str, Any] = {}
+    tolerations = _tolerations(spec)
+    if tolerations:
+        placement["tolerations"] = tolerations
+    affinity = _affinity(spec)
+    if affinity:
+        placement["affinity"] = affinity
+    if spec.scheduling.nodeSelector:
+        placement["nodeSelector"] = dict(spec.scheduling.nodeSelector)
+    if spec.scheduling.schedulerName:
+        placement["schedulerName"] = spec.scheduling.schedulerName
+    if spec.scheduling.priorityClassName:
+        placement["priorityClassName"] = spec.scheduling.priorityClassName
+    if spec.pod.imagePullSecrets:
+        placement["imagePullSecrets"] = [s.model_dump() for s in spec.pod.imagePullSecrets]
+    return placement
+
+
+def build_pods(spec: api.RecTrainJobSpec, ref: JobRef, attempt: int, ranks: list[int] | None = None,
+               size: int | None = None) -> list[dict[str, Any]]:
+    size = spec.desired_replicas if size is None else size
+    return [build_pod(spec, ref, r, attempt, size) for r in (range(size) if ranks is None else ranks)]
+
+
+# A capacity probe only has to be placed and hold its room; `sleep` is in every trainer image.
+PROBE_COMMAND = ["sleep", "infinity"]
+
+
+def probe_name(ref: JobRef, index: int) -> str:
+    return f"{ref.name}-probe-{index}"
+
+
+def build_probe(spec: api.RecTrainJobSpec, ref: JobRef, index: int) -> dict[str, Any]:
+    """A capacity probe of an elastic job that runs below maxReplicas: a pod with one rank pod's
+    resources, placement and priority that does nothing. Once the scheduler places it, the room of
+    one more rank exists and stays held until the gang grows into it (the probe is deleted first)."""
+    container = {
+        "name": "probe",
+        "image": spec.image,
+        "imagePullPolicy": spec.imagePullPolicy,
+        "command": list(PROBE_COMMAND),
+        "resources": _resources(spec),
+        "securityContext": dict(CONTAINER_SECURITY),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "automountServiceAccountToken": False,
+        "securityContext": {**DEFAULT_POD_SECURITY, **(spec.pod.securityContext or {})},
+        "terminationGracePeriodSeconds": 1,
+        **_placement(spec),
+    }
+    meta = _meta(ref, probe_name(ref, index), {api.LABEL_PROBE: str(index)})
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -1,7 +1,14 @@
-"""The cluster layer: the only module of the operator that calls the Kubernetes API."""
+"""The cluster layer: the only module of the operator that calls the Kubernetes API.
+
+Requests go through the kubernetes client's ApiClient (its configuration, authentication, TLS and
+connection pool) but send and return plain JSON dicts: the typed API methods validate every body
+into pydantic models and parse every answer into them (several milliseconds of CPU per pod, more
+than the API server spends creating it), and the operator works on dicts anyway.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime, timezone
@@ -12,8 +19,16 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from rectrain_api import job as api
+from rectrain_api.errors import describe
+from rectrain_api.timestamps import fmt_time
 
 log = logging.getLogger("rectrain.cluster")
+
+
+# Connections kept open to the API server: the workers' requests in flight (up to CREATE_CONCURRENCY
+# pod creates per worker) must not exceed it, or urllib3 opens a new TLS connection for each request
+# over the limit and throws it away afterwards (the client's default is 5 per CPU).
+CONNECTION_POOL_SIZE = 64
 
 
 def load_client() -> client.ApiClient:
@@ -24,6 +39,7 @@ def load_client() -> client.ApiClient:
     except config.ConfigException:
         cfg = client.Configuration()
         config.load_kube_config(client_configuration=cfg)
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE)
     return client.ApiClient(cfg)
 
 
@@ -38,7 +54,7 @@ class ChildError(Exception):
             self.detail = _message(body) or exc.reason
         else:  # the typed client validates bodies itself (pydantic) before sending them
             self.status = 422
-            self.detail = _pydantic_message(exc)
+            self.detail = describe(exc, skip_argument=True)
         super().__init__(f"{verb} {kind} {name}: {self.detail}")
 
     @property
@@ -56,19 +72,6 @@ class ChildError(Exception):
         return self.status in (409, 429, 500, 503, 504) or account
 
 
-def _pydantic_message(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            # loc is (arg index, field path...): drop the argument index.
-            return "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in errors()
-            )
-        except Exception:
-            pass
-    return str(exc).splitlines()[0]
-
-
 def _message(body: Any) -> str | None:
     import json
 
@@ -78,6 +81,26 @@ def _message(body: Any) -> str | None:
         return None
 
 
+# kind -> (API prefix, resource) of the children the operator creates, reads and deletes.
+_RESOURCES = {
+    "Pod": ("/api/v1", "pods"),
+    "Service": ("/api/v1", "services"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Event": ("/api/v1", "events"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+}
+_JOBS = f"/apis/{api.GROUP}/{api.VERSION}"
+
+
+def _path(kind: str, namespace: str, name: str | None = None) -> str:
+    try:
+        prefix, resource = _RESOURCES[kind]
+    except KeyError:
+        raise ValueError(kind) from None
+    return f"{prefix}/namespaces/{namespace}/{resource}" + (f"/{name}" if name else "")
+
+
 class Cluster:
     def __init__(self, api_client: client.ApiClient):
         self.api_client = api_client
@@ -85,11 +108,30 @@ class Cluster:
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
+    def _request(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+                 content_type: str = "application/json") -> dict[str, Any]:
+        """One API request with a JSON body (a dict, sent as is) and a JSON answer (a dict); a non-2xx
+        answer raises ApiException (its subclass for the status), like the typed client does."""
+        ac = self.api_client
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _ = ac.param_serialize(
+            method=method, resource_path=path, query_params=query or None, header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )
+        rsp = ac.call_api(method, url, header_params=headers, body=body)
+        rsp.read()  # also hands the connection back to the pool
+        text = rsp.data.decode("utf-8") if rsp.data else ""
+        if not 200 <= rsp.status <= 299:
+            raise ApiException.from_response(http_resp=rsp, body=text, data=None)
+        return json.loads(text) if text else {}
+
     # ---------------------------------------------------------------------------- jobs
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+            return self._request("GET", f"{_JOBS}/namespaces/{namespace}/{api.PLURAL}/{name}")
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -103,38 +145,27 @@ class Cluster:
             items += self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]
         return items
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """JSON merge patch of the operator's own status fields (never progress/metrics)."""
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of the operator's own status fields (never progress/metrics); the job as patched."""
         assert not set(status) & set(api.TRAINER_STATUS_FIELDS)
-        self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status},
-            _content_type="application/merge-patch+json",
-        )
+        return self._request("PATCH", f"{_JOBS}/namespaces/{namespace}/{api.PLURAL}/{name}/status", {"status": status},
+                             content_type="application/merge-patch+json")
 
     # ---------------------------------------------------------------------------- pods
 
     def list_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        selector = f"{api.LABEL_JOB_NAME}={job_name},{api.LABEL_RANK}"
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
-        return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
+        """The job's rank pods and capacity probes."""
+        selector = f"{api.LABEL_JOB_NAME}={job_name}"
+        return self._request("GET", _path("Pod", namespace), query=[("labelSelector", selector)]).get("items") or []
 
     def create(self, obj: dict[str, Any]) -> bool:
         """Create a child; True when created, False when it already existed."""
         kind, meta = obj["kind"], obj["metadata"]
         ns = meta["namespace"]
+        if kind not in ("Pod", "Service", "ServiceAccount", "Role", "RoleBinding"):
+            raise ValueError(kind)
         try:
-            if kind == "Pod":
-                self.core.create_namespaced_pod(ns, obj)
-            elif kind == "Service":
-                self.core.create_namespaced_service(ns, obj)
-            elif kind == "ServiceAccount":
-                self.core.create_namespaced_service_account(ns, obj)
-            elif kind == "Role":
-                self.rbac.create_namespaced_role(ns, obj)
-            elif kind == "RoleBinding":
-                self.rbac.create_namespaced_role_binding(ns, obj)
-            else:
-                raise ValueError(kind)
+            self._request("POST", _path(kind, ns), obj)
         except ApiException as exc:
             if exc.status == 409 and "already exists" in str(exc.body):
                 self._replace_if_stale(obj)
@@ -148,19 +179,14 @@ class Cluster:
         """A child of the same name owned by an earlier job of the same name (deleted, its children not
         yet garbage-collected) must not be adopted: delete it and let the reconcile retry."""
         kind, meta = obj["kind"], obj["metadata"]
-        readers = {
-            "Pod": self.core.read_namespaced_pod, "Service": self.core.read_namespaced_service,
-            "ServiceAccount": self.core.read_namespaced_service_account,
-            "Role": self.rbac.read_namespaced_role, "RoleBinding": self.rbac.read_namespaced_role_binding,
-        }
         wanted = {ref["uid"] for ref in meta.get("ownerReferences") or []}
         try:
-            existing = readers[kind](meta["name"], meta["namespace"])
+            existing = self._request("GET", _path(kind, meta["namespace"], meta["name"]))
         except ApiException as exc:
             if exc.status == 404:
                 raise ChildError("create", kind, meta["name"], exc) from exc  # gone meanwhile: retry
             raise ChildError("read", kind, meta["name"], exc) from exc
-        owners = {ref.uid for ref in existing.metadata.owner_references or []}
+        owners = {ref.get("uid") for ref in (existing.get("metadata") or {}).get("ownerReferences") or []}
         if wanted and not owners & wanted:
             self.delete(kind, meta["namespace"], meta["name"])
             raise ChildError("create", kind, meta["name"],
@@ -168,23 +194,14 @@ class Cluster:
 
     def delete(self, kind: str, namespace: str, name: str, grace: int | None = None) -> bool:
         """Delete a child; False when it was already gone."""
-        opts = client.V1DeleteOptions(propagation_policy="Background", grace_period_seconds=grace)
-        # _preload_content=False: 1.20 answers some deletes with a Status, which the typed client
-        # fails to parse as the deleted object.
-        raw = {"body": opts, "_preload_content": False}
+        # The answer (the deleted object, or a Status: 1.20 answers some deletes that way) is not needed.
+        opts: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if grace is not None:
+            opts["gracePeriodSeconds"] = grace
+        if kind not in ("Pod", "Service", "ServiceAccount", "Role", "RoleBinding"):
+            raise ValueError(kind)
         try:
-            if kind == "Pod":
-                self.core.delete_namespaced_pod(name, namespace, **raw)
-            elif kind == "Service":
-                self.core.delete_namespaced_service(name, namespace, **raw)
-            elif kind == "ServiceAccount":
-                self.core.delete_namespaced_service_account(name, namespace, **raw)
-            elif kind == "Role":
-                self.rbac.delete_namespaced_role(name, namespace, **raw)
-            elif kind == "RoleBinding":
-                self.rbac.delete_namespaced_role_binding(name, namespace, **raw)
-            else:
-                raise ValueError(kind)
+            self._request("DELETE", _path(kind, namespace, name), opts)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -212,12 +229,12 @@ class Cluster:
             "message": message[:1024],
             "type": type_,
             "count": 1,
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": fmt_time(now),
+            "lastTimestamp": fmt_time(now),
             "source": {"component": api.MANAGED_BY},
             "reportingComponent": api.MANAGED_BY,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self._request("POST", _path("Event", meta["namespace"]), body)
         except ApiException as exc:  # events are best effort
             log.warning("could not post event %s/%s: %s", reason, meta["name"], exc.reason)

@@ -17,8 +17,10 @@ log = logging.getLogger("rectrain.handlers")
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float,
-             standby: Standby | None = None) -> None:
-    """`standby` (with --peering): the reconciler's gate; see standby.py for why kopf's pause is not enough."""
+             standby: Standby | None = None, exact_namespaces: bool = False) -> None:
+    """`standby` (with --peering): the reconciler's gate; see standby.py for why kopf's pause is not enough.
+    `exact_namespaces`: the watched namespaces are plain names (no kopf patterns), so kopf need not list
+    namespaces to find them."""
     stop = threading.Event()
 
     @kopf.on.startup(registry=registry)
@@ -26,6 +28,11 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_sec
         settings.posting.enabled = False  # we post our own, meaningful Events
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        if exact_namespaces:
+            # Least-privilege RBAC (the chart's per-namespace Roles) grants no namespace listing: without
+            # this kopf retries a forbidden list for about a minute, logging errors, before it starts
+            # watching the namespaces at all.
+            settings.scanning.disabled = True
         reconciler.start()
         if standby is not None:
             standby.start()
@@ -60,10 +67,12 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_sec
         if type != "DELETED":
             reconciler.enqueue(namespace, name)
 
-    @kopf.on.event("", "v1", "pods", labels={api.LABEL_JOB_NAME: kopf.PRESENT, api.LABEL_RANK: kopf.PRESENT}, registry=registry)
+    # Rank pods and an elastic job's capacity probes: both carry the job's name and our managed-by.
+    @kopf.on.event("", "v1", "pods", labels={api.LABEL_JOB_NAME: kopf.PRESENT, api.LABEL_MANAGED_BY: api.MANAGED_BY},
+                   registry=registry)
     async def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
         reconciler.enqueue(namespace, labels[api.LABEL_JOB_NAME])
 
     @kopf.on.probe(id="workers", registry=registry)
     def workers_alive(**_: Any) -> bool:
-        return all(t.is_alive() for t in reconciler._threads)
+        return reconciler.alive

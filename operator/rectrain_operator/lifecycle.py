@@ -3,44 +3,66 @@
     decide(Observation) -> Decision
 
 An Observation is what the cluster says right now (the job's spec and operator-owned status, its
-rank pods, the time). A Decision is the next operator-owned status, the actions to take (create /
-delete children, post events) and when to look again. Nothing here calls the API, so every
-transition is table-tested with plain values.
+rank pods, the time). A Decision is the next operator-owned status (as a merge patch), the actions to
+take (create / delete children, post events) and when to look again. Nothing here calls the API, so
+every transition is table-tested with plain values.
 
 Phases:  (new) -> Pending -> Running -> Succeeded
                     |  ^        |
                     |  +--------+--> Restarting -> Pending (attempt + 1)   [any rank failed]
-                    +--> Failed (InvalidSpec, BackoffLimitExceeded, PreemptionLimitExceeded, DeadlineExceeded)
+                    +--> Failed (InvalidSpec, InvalidConfiguration, BackoffLimitExceeded,
+                                 PreemptionLimitExceeded, DeadlineExceeded)
          any active phase <-> Suspended (spec.runPolicy.suspend)
 
-Failure classification (the first matching rule wins; preemptions never consume backoffLimit):
-  preemption: pod deleted by someone else / being deleted, phase Unknown (node lost), a
-              DisruptionTarget condition, pod reasons Evicted/Preempting/Shutdown/NodeShutdown/
-              Terminated/NodeLost/UnexpectedAdmissionError/OutOf*, or a signal exit (128+) on spot.
-  failure:    OOMKilled, exit codes 1-127, signal exits off spot, anything else.
-When several ranks fail at once, a preemption wins (the others usually died of the lost peer).
+Each phase has one handler in `_PHASES`; the terminal phases (Succeeded, Failed) share `_finished`.
+Every handler works on a typed copy of the operator's status (`_Status`), and `decide` turns the
+difference from what the API holds into the merge patch.
+
+Failure classification (the first matching rule wins):
+  by the pod's state: deleted by someone else / being deleted, phase Unknown (node lost), a
+      DisruptionTarget condition, pod reasons Evicted/Preempting/Shutdown/NodeShutdown/Terminated/
+      NodeLost/UnexpectedAdmissionError/OutOf* -> preemption; OOMKilled -> failure (even on spot);
+  then by the trainer's exit code (the contract in rectrain_api.exit_codes):
+      2 (invalid configuration) -> the job fails at once (InvalidConfiguration): no retry can fix it;
+      143 (stopped on SIGTERM, checkpointed) -> preemption, on spot or not;
+      other 128+N (killed by a signal) -> preemption on spot, failure off spot;
+      any other code -> failure.
+Preemptions count in status.preemptions (maxPreemptions), failures in status.failures (backoffLimit).
+When several ranks fail at once, an invalid configuration wins (it is no side effect of a lost
+peer), then a preemption (the others usually died of the lost peer), then the lowest rank.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any, Callable, Literal
 
+from pydantic import Field, ValidationError
+
+from rectrain_api import exit_codes
 from rectrain_api import job as api
+from rectrain_api.errors import describe
+from rectrain_api.timestamps import fmt_time, parse_time
 
-from rectrain_operator import builders
+from rectrain_operator import builders, elastic
+from rectrain_operator.elastic import Placement, ProbeView
 
 # Container waiting reasons that never resolve by themselves: an application failure.
 PERMANENT_WAITING_REASONS = {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
 # Pods still terminating this long after their grace period are force-deleted (node gone).
 FORCE_DELETE_AFTER_SECONDS = 60.0
+# The requeue slack after a deadline, TTL or backoff: look just after the moment, not just before it.
+REQUEUE_SLACK_SECONDS = 0.05
 
 PREEMPTION_REASONS = {
     "Evicted", "Preempting", "Shutdown", "NodeShutdown", "Terminated", "NodeLost", "UnexpectedAdmissionError",
     "DeletionByTaintManager", "EvictionByEvictionAPI", "PreemptionByScheduler", "PreemptionByKubeScheduler",
     "TerminationByKubelet", "DeletionByPodGC",
 }
+# Reason (lastFailure, Failed condition, Event) of a rank that exited with exit_codes.INVALID_CONFIG.
+INVALID_CONFIGURATION = "InvalidConfiguration"
+TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -63,6 +85,7 @@ class PodView:
     waiting_reason: str | None = None  # trainer container's waiting reason (e.g. InvalidImageName)
     deleted_at: datetime | None = None  # metadata.deletionTimestamp (when the grace period ends)
     started_at: datetime | None = None  # when the trainer container started (running or terminated state)
+    placement: Placement = Placement()  # what the scheduler said about it
 
 
 def pod_view(pod: dict[str, Any]) -> PodView | None:
@@ -108,6 +131,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         waiting_reason=waiting_reason,
         deleted_at=parse_time(meta.get("deletionTimestamp")),
         started_at=started_at,
+        placement=elastic.placement(pod, parse_time),
     )
 
 
@@ -123,6 +147,7 @@ class Observation:
     now: datetime
     created: datetime | None = None  # metadata.creationTimestamp
     rejected: str | None = None  # the API server refused a child as invalid (e.g. a bad pod volume)
+    probes: list[ProbeView] = field(default_factory=list)  # an elastic job's capacity probes
 
 
 # ----------------------------------------------------------------------------------- outputs
@@ -137,6 +162,14 @@ class EnsureChildren:
 class CreatePods:
     attempt: int
     ranks: tuple[int, ...]
+    size: int  # rank pods in this attempt (the world size is size x procs)
+
+
+@dataclass(frozen=True)
+class CreateProbes:
+    """Create these capacity probes of an elastic job (builders.build_probe)."""
+
+    indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -157,12 +190,14 @@ class Event:
     message: str
 
 
-Action = EnsureChildren | CreatePods | DeletePods | DeleteChildren | Event
+Action = EnsureChildren | CreatePods | CreateProbes | DeletePods | DeleteChildren | Event
 
 
 @dataclass
 class Decision:
-    status: dict[str, Any] | None  # operator-owned status fields to write (None: unchanged)
+    # Operator-owned status fields to write, as a JSON merge patch (None: unchanged). The phase
+    # handlers leave it None; decide() fills it in from the status they changed.
+    status: dict[str, Any] | None = None
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None
     spec: api.RecTrainJobSpec | None = None
@@ -173,51 +208,50 @@ class Decision:
     time_to_running: float | None = None
 
 
-# ----------------------------------------------------------------------------------- helpers
-
-
-def fmt_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 timestamp from the API (second precision or finer); None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+# -------------------------------------------------------------------------------- conditions
 
 
 def set_condition(
-    conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str, now: datetime
-) -> list[dict[str, Any]]:
+    conditions: list[api.Condition], type_: str, status: bool, reason: str, message: str, now: datetime
+) -> list[api.Condition]:
     """Return conditions with `type_` set; lastTransitionTime moves only when the status flips."""
-    value = "True" if status else "False"
-    out = [dict(c) for c in conditions]
+    value: Literal["True", "False"] = "True" if status else "False"
+    out = [c.model_copy() for c in conditions]
     for c in out:
-        if c.get("type") == type_:
-            if c.get("status") != value:
-                c["lastTransitionTime"] = fmt_time(now)
-            c.update(status=value, reason=reason, message=message)
+        if c.type == type_:
+            if c.status != value:
+                c.lastTransitionTime = fmt_time(now)
+            c.status, c.reason, c.message = value, reason, message
             return out
-    out.append({"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": fmt_time(now)})
+    out.append(api.Condition(type=type_, status=value, reason=reason, message=message, lastTransitionTime=fmt_time(now)))
     return out
 
 
-def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
+def condition(conditions: list[api.Condition], type_: str) -> api.Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def _clear_condition(conditions: list[api.Condition], type_: str, reason: str, message: str,
+                     now: datetime) -> list[api.Condition]:
+    """Set `type_` False, but only when the job has had it at all (no 'Running: False' on a job that never ran)."""
+    if condition(conditions, type_) is None:
+        return conditions
+    return set_condition(conditions, type_, False, reason, message, now)
+
+
+# ---------------------------------------------------------------------------- classification
 
 
 @dataclass(frozen=True)
 class Failure:
+    """How a rank failed: `cause` says what it counts against (maxPreemptions or backoffLimit)."""
+
     cause: Literal["preemption", "failure"]
     rank: int
     reason: str
     exit_code: int | None
     message: str
+    retryable: bool = True  # False: no gang restart can help (an invalid configuration); the job fails at once
 
 
 def _last_lines(text: str | None, lines: int = 3, limit: int = 600) -> str | None:
@@ -229,7 +263,11 @@ def _last_lines(text: str | None, lines: int = 3, limit: int = 600) -> str | Non
 
 
 def classify(pod: PodView, spot: bool) -> Failure | None:
-    """None when the pod is fine (pending, running, succeeded); else how it failed."""
+    """None when the pod is fine (pending, running, succeeded); else how it failed.
+
+    What the pod's state says comes first (deleted, node lost, evicted, disrupted: a preemption whatever
+    the exit code; OOMKilled: a failure even on spot); then the exit code, by rectrain_api.exit_codes.
+    """
     if pod.phase == "Succeeded":
         return None
 
@@ -248,18 +286,32 @@ def classify(pod: PodView, spot: bool) -> Failure | None:
         return fail("preemption", pod.disruption, f"pod {pod.name} was disrupted ({pod.disruption}): {pod.message or ''}".strip())
     if pod.reason and (pod.reason in PREEMPTION_REASONS or pod.reason.startswith("OutOf")):
         return fail("preemption", pod.reason, f"pod {pod.name}: {pod.reason}: {pod.message or ''}".strip().rstrip(":"))
-    code = pod.exit_code
     if pod.container_reason == "OOMKilled":
-        return fail("failure", "OOMKilled", f"rank {pod.rank} ran out of memory (exit {code})")
-    if code is not None and code >= 128:
-        signal = code - 128
-        if spot:
-            return fail("preemption", "SpotReclaimed", f"rank {pod.rank} was killed by signal {signal} on spot capacity")
-        return fail("failure", pod.container_reason or "Signal", f"rank {pod.rank} was killed by signal {signal} (exit {code})")
-    if code is not None:
-        detail = f": {pod.message}" if pod.message else ""
-        return fail("failure", pod.container_reason or "Error", f"rank {pod.rank} exited with code {code}{detail}")
+        return fail("failure", "OOMKilled", f"rank {pod.rank} ran out of memory (exit {pod.exit_code})")
+    if pod.exit_code is not None:
+        return _classify_exit(pod, pod.exit_code, spot)
     return fail("failure", pod.reason or "PodFailed", f"pod {pod.name} failed: {pod.message or 'no exit code'}")
+
+
+def _classify_exit(pod: PodView, code: int, spot: bool) -> Failure:
+    """A failed pod's trainer exit code, read by the contract in rectrain_api.exit_codes."""
+    meaning = exit_codes.classify_exit(code, spot)
+    detail = f": {pod.message}" if pod.message else ""
+    signal = exit_codes.signal_number(code)
+    if meaning == "invalid":
+        return Failure("failure", pod.rank, INVALID_CONFIGURATION, code,
+                       f"rank {pod.rank} has an invalid configuration (exit {code}){detail}", retryable=False)
+    if meaning == "preempted":
+        # SIGTERM anywhere means "checkpointed, resume me"; another signal counts only on spot capacity.
+        how = "stopped on SIGTERM" if code == exit_codes.PREEMPTED else f"was killed by signal {signal}"
+        where = " on spot capacity" if spot else ""
+        return Failure("preemption", pod.rank, "SpotReclaimed" if spot else "Terminated", code,
+                       f"rank {pod.rank} {how}{where} (exit {code}){detail}")
+    if signal is not None:  # a signal off spot: a crash (SIGSEGV, SIGABRT, a SIGKILL we did not ask for)
+        return Failure("failure", pod.rank, pod.container_reason or "Signal", code,
+                       f"rank {pod.rank} was killed by signal {signal} (exit {code}){detail}")
+    # An application failure; also a trainer that exited 0 in a pod that failed anyway.
+    return Failure("failure", pod.rank, pod.container_reason or "Error", code, f"rank {pod.rank} exited with code {code}{detail}")
 
 
 def backoff_seconds(policy: api.RunPolicy, restarts_before: int) -> float:
@@ -270,342 +322,550 @@ def backoff_seconds(policy: api.RunPolicy, restarts_before: int) -> float:
 # ------------------------------------------------------------------------------------ decide
 
 
-OPERATOR_DEFAULTS: dict[str, Any] = {"attempt": 0, "restarts": 0, "failures": 0, "preemptions": 0, "conditions": []}
+class _Status(api.RecTrainJobStatus):
+    """The operator's working copy of its own status: RecTrainJobStatus with the counters always set
+    (0 until counted, and written as such from the first step on)."""
+
+    attempt: int = Field(0, ge=0)
+    restarts: int = Field(0, ge=0)
+    failures: int = Field(0, ge=0)
+    preemptions: int = Field(0, ge=0)
+    resizes: int = Field(0, ge=0)
 
 
 def decide(obs: Observation) -> Decision:
-    old = {k: v for k, v in obs.status.items() if k in api.OPERATOR_STATUS_FIELDS}
-    st: dict[str, Any] = {**OPERATOR_DEFAULTS, **{k: v for k, v in old.items() if v is not None}}
-    st["conditions"] = [dict(c) for c in st.get("conditions") or []]
-    d = _decide(obs, st)
-    d.status = _changed(old, d.status)
+    current = _owned_fields(obs.status)
+    status = _read_status(current)  # a fresh copy: the handlers change it, never obs.status
+    d = _decide(obs, status)
+    d.actions += _probe_actions(obs, status, d.spec)
+    d.status = _changed(current, status)
     return d
 
 
-def _changed(old: dict[str, Any], new: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The merge patch from old to new (None: nothing to write)."""
-    if new is None:
-        return None
-    patch = {k: v for k, v in new.items() if old.get(k) != v}
-    for k in old:
-        if k not in new and old[k] is not None:
-            patch[k] = None
+def _owned_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """The operator's fields of a status as the API holds it (progress and metrics are the trainer's)."""
+    return {k: v for k, v in raw.items() if k in api.OPERATOR_STATUS_FIELDS and v is not None}
+
+
+def _read_status(owned: dict[str, Any]) -> _Status:
+    try:
+        return _Status.model_validate(owned)
+    except ValidationError:
+        # A field the operator cannot read (edited by hand, say) is dropped and so rewritten, instead of
+        # failing every reconcile of the job.
+        return _Status.model_validate({k: v for k, v in owned.items() if _readable(k, v)})
+
+
+def _readable(name: str, value: Any) -> bool:
+    try:
+        _Status.model_validate({name: value})
+    except ValidationError:
+        return False
+    return True
+
+
+def _changed(current: dict[str, Any], status: _Status) -> dict[str, Any] | None:
+    """The merge patch from the status the API holds to the next one (None: nothing to write)."""
+    new = status.model_dump(exclude_none=True, exclude=set(api.TRAINER_STATUS_FIELDS))
+    patch = {k: v for k, v in new.items() if current.get(k) != v}
+    patch.update({k: None for k in current if k not in new})
     return patch or None
 
 
-def _decide(obs: Observation, st: dict[str, Any]) -> Decision:
-    now = obs.now
-    phase = st.get("phase")
-    ref = builders.JobRef(obs.name, obs.namespace, obs.uid)
+PhaseHandler = Callable[[Observation, _Status, api.RecTrainJobSpec], Decision]
 
-    # Terminal phases: clean up and wait for the TTL.
-    if phase in ("Succeeded", "Failed"):
-        return _finished(obs, st, ref)
 
+def _decide(obs: Observation, status: _Status) -> Decision:
+    if status.phase in TERMINAL_PHASES:
+        return _finished(obs, status)  # a finished job keeps its outcome, whatever its spec says now
+    spec, errors = _parse_spec(obs)
+    if spec is None or errors:
+        return _invalid_spec(obs, status, spec, errors)
+    status.observedGeneration = obs.generation
+    status.desiredReplicas = spec.desired_replicas
+    return _PHASES[status.phase](obs, status, spec)
+
+
+def _parse_spec(obs: Observation) -> tuple[api.RecTrainJobSpec | None, list[str]]:
+    """The typed spec and what is wrong with it (the schema's errors, then the cross-field rules, then
+    a child the API server refused); a spec that cannot be read at all is None."""
+    spec: api.RecTrainJobSpec | None
     try:
         spec = api.RecTrainJobSpec.model_validate(obs.spec)
-        errors = builders.validate(spec, ref)
+        errors = builders.validate(spec, builders.JobRef(obs.name, obs.namespace, obs.uid))
     except Exception as exc:  # pydantic.ValidationError, but never crash on bad input
-        spec, errors = None, [f"spec: {_short(exc)}"]
+        spec, errors = None, [f"spec: {describe(exc)}"]
     if obs.rejected:
         errors = [*errors, obs.rejected]
-    if errors:
-        message = "; ".join(errors)
-        st.update(phase="Failed", completionTime=fmt_time(now), observedGeneration=obs.generation, restartAfter=None)
-        st["conditions"] = set_condition(st["conditions"], "Failed", True, "InvalidSpec", message, now)
-        pods = tuple(p.name for p in obs.pods if p.phase not in ("Succeeded", "Failed"))
-        actions: list[Action] = [Event("Warning", "InvalidSpec", message)]
-        if pods:
-            actions.insert(0, DeletePods(pods))
-        d = Decision(st, actions, finished="failed")
-        _ttl_requeue(d, spec, st, now)
-        return d
+    return spec, errors
 
-    assert spec is not None
-    st["observedGeneration"] = obs.generation
-    policy = spec.runPolicy
-    attempt = int(st["attempt"])
 
-    # A new job.
-    if phase is None:
-        if policy.suspend:
-            return _suspend(obs, st, spec, created=True)
-        st.update(phase="Pending", attempt=0, startTime=fmt_time(now), replicas=spec.replicas)
-        st["conditions"] = set_condition(st["conditions"], "Created", True, "PodsCreated", f"created {spec.replicas} rank pods", now)
-        d = Decision(st, [EnsureChildren(), CreatePods(0, tuple(range(spec.replicas))),
-                          Event("Normal", "Created", f"creating {spec.replicas} rank pods (world size {spec.world_size})")],
-                     spec=spec, created=True)
-        _counts(st, [], spec)
-        _deadline_requeue(d, spec, st, now)
-        return d
+# ------------------------------------------------------------------------------ phase handlers
 
-    # Suspension (user or Kueue): delete the pods, no failure.
-    if phase == "Suspended":
-        if policy.suspend:
-            return _suspend(obs, st, spec)
-        if obs.pods:  # wait until the old gang is gone (its hostnames are reused)
-            return _await_deletion(obs, st, spec)
-        st.update(phase="Pending", attempt=attempt + 1, startTime=fmt_time(now), restartAfter=None, replicas=spec.replicas)
-        st["conditions"] = set_condition(st["conditions"], "Suspended", False, "Resumed", "job resumed", now)
-        d = Decision(st, [EnsureChildren(), CreatePods(attempt + 1, tuple(range(spec.replicas))),
-                          Event("Normal", "Resumed", f"resumed: creating {spec.replicas} rank pods (attempt {attempt + 1})")],
-                     spec=spec)
-        _counts(st, [], spec)
-        _deadline_requeue(d, spec, st, now)
-        return d
-    if policy.suspend:
-        return _suspend(obs, st, spec)
 
-    # Deadline.
-    start = parse_time(st.get("startTime"))
-    if policy.activeDeadlineSeconds is not None and start is not None:
-        if (now - start).total_seconds() >= policy.activeDeadlineSeconds:
-            return _fail(obs, st, spec, "DeadlineExceeded",
-                         f"job was active longer than activeDeadlineSeconds={policy.activeDeadlineSeconds}")
+def _new(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision:
+    """No phase yet: create the gang (attempt 0), or start out suspended."""
+    if spec.runPolicy.suspend:
+        return _suspend(obs, status, spec, created=True)
+    status.startTime = fmt_time(obs.now)
+    status.conditions = set_condition(status.conditions, "Created", True, "PodsCreated",
+                                      f"created {spec.desired_replicas} rank pods", obs.now)
+    event = Event("Normal", "Created", f"creating {spec.desired_replicas} rank pods (world size {spec.world_size})")
+    return _start_attempt(obs, status, spec, 0, event, created=True)
 
-    current = [p for p in obs.pods if p.attempt == attempt]
-    stale = [p for p in obs.pods if p.attempt != attempt]
 
-    if phase == "Restarting":
-        return _restarting(obs, st, spec)
-
-    # Pending / Running.
-    if st.get("replicas") is not None and st["replicas"] != spec.replicas:
-        return _resize(obs, st, spec)
-    actions: list[Action] = []
-    if stale:
-        actions.append(DeletePods(tuple(p.name for p in stale if not p.deleting)))
-    failures = [f for f in (classify(p, spec.spot.enabled) for p in current) if f is not None]
-    by_rank = {p.rank: p for p in current}
-    missing = [r for r in range(spec.replicas) if r not in by_rank]
-    if phase == "Running" and missing:
-        failures.append(Failure("preemption", missing[0], "PodDeleted", None,
-                                f"rank {missing[0]} pod was deleted by someone other than the operator"))
+def _active(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision:
+    """Pending / Running: watch the current gang until all of it runs, finishes, or a rank fails."""
+    interrupted = _interruption(obs, status, spec)
+    if interrupted is not None:
+        return interrupted
+    size = _gang_size(status, spec)
+    if status.replicas is not None and status.replicas != size:
+        return _resize(obs, status, spec)
+    gang = _Gang.observe(obs.pods, status.attempt, size)
+    failures = _failures(gang, status, spec)
     if failures:
-        return _gang_failure(obs, st, spec, failures, current, stale)
-
-    _counts(st, current, spec)
-    d = Decision(st, actions, spec=spec)
-    if missing:  # Pending: (re)create what is missing; AlreadyExists is fine.
-        d.actions += [EnsureChildren(), CreatePods(attempt, tuple(missing))]
-    n = spec.replicas
-    succeeded = sum(1 for p in current if p.phase == "Succeeded")
-    running = sum(1 for p in current if p.phase == "Running")
-    if len(current) == n and succeeded == n:
-        if not st.get("firstRunningTime"):
-            # The whole gang ran and finished between two looks: the ranks' own start times say when.
-            _first_running(d, st, obs, max((p.started_at or now for p in current), default=now), now)
-        st.update(phase="Succeeded", completionTime=fmt_time(now))
-        st["conditions"] = set_condition(st["conditions"], "Running", False, "Succeeded", "all ranks finished", now)
-        st["conditions"] = set_condition(st["conditions"], "Succeeded", True, "AllRanksSucceeded", f"all {n} ranks exited 0", now)
-        d.actions.append(Event("Normal", "Succeeded", f"all {n} ranks exited 0"))
-        d.finished = "succeeded"
-        _ttl_requeue(d, spec, st, now)
-        return d
-    if len(current) == n and running > 0 and running + succeeded == n:
-        if phase != "Running":
-            st["phase"] = "Running"
-            st["conditions"] = set_condition(st["conditions"], "Running", True, "AllRanksRunning",
-                                             f"all {n} ranks running (attempt {attempt})", now)
-            st["conditions"] = set_condition(st["conditions"], "Restarting", False, "Recovered", "gang restarted", now) \
-                if condition(st["conditions"], "Restarting") else st["conditions"]
-            d.actions.append(Event("Normal", "Running", f"all {n} ranks running (attempt {attempt})"))
-            if not st.get("firstRunningTime"):
-                _first_running(d, st, obs, now, now)
-    _deadline_requeue(d, spec, st, now)
+        return _gang_failure(obs, status, spec, failures, gang)
+    resized = _elastic_resize(obs, status, spec, gang)
+    if resized is not None:
+        return resized
+    _counts(status, gang.current, spec)
+    d = Decision(actions=_tidy_up(gang, status.attempt), spec=spec)
+    if gang.all_succeeded:
+        return _succeed(obs, status, gang, d)
+    if gang.all_up and status.phase != "Running":
+        _mark_running(obs, status, gang, d)
+    d.requeue_after = _elastic_settle_requeue(obs, status, spec, gang)
+    _deadline_requeue(d, spec, status, obs.now)
     return d
 
 
-def _first_running(d: Decision, st: dict[str, Any], obs: Observation, when: datetime, now: datetime) -> None:
+def _restarting(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision:
+    """Restarting: once the old gang is gone and the backoff has passed, create attempt + 1."""
+    interrupted = _interruption(obs, status, spec)
+    if interrupted is not None:
+        return interrupted
+    _counts(status, [], spec)
+    if obs.pods or obs.probes:  # wait until the old gang is gone (its hostnames are reused, its room too)
+        return _await_deletion(obs, spec)
+    after = parse_time(status.restartAfter) or obs.now
+    if obs.now < after:
+        return Decision(spec=spec, requeue_after=(after - obs.now).total_seconds() + REQUEUE_SLACK_SECONDS)
+    attempt = status.attempt + 1
+    event = Event("Normal", "Restarted", f"creating {_gang_size(status, spec)} rank pods (attempt {attempt})")
+    return _start_attempt(obs, status, spec, attempt, event)
+
+
+def _suspended(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision:
+    """Suspended (by a user or Kueue): once unsuspended and the old gang is gone, create attempt + 1."""
+    if spec.runPolicy.suspend:
+        return _suspend(obs, status, spec)
+    if obs.pods or obs.probes:  # wait until the old gang is gone (its hostnames are reused)
+        return _await_deletion(obs, spec)
+    attempt = status.attempt + 1
+    status.startTime = fmt_time(obs.now)  # resuming restarts the activeDeadlineSeconds clock
+    status.replicas = spec.desired_replicas  # an elastic job tries its full size again
+    status.conditions = set_condition(status.conditions, "Suspended", False, "Resumed", "job resumed", obs.now)
+    event = Event("Normal", "Resumed", f"resumed: creating {spec.desired_replicas} rank pods (attempt {attempt})")
+    return _start_attempt(obs, status, spec, attempt, event)
+
+
+def _finished(obs: Observation, status: _Status) -> Decision:
+    """Succeeded / Failed: delete what still runs of a failed job; after ttlSecondsAfterFinished, every child."""
+    spec = _lenient_spec(obs)
+    actions: list[Action] = []
+    if status.phase == "Failed":
+        live = tuple(p.name for p in obs.pods if p.phase not in ("Succeeded", "Failed") and not p.deleting)
+        if live:
+            actions.append(DeletePods(live))
+    d = Decision(actions=actions, spec=spec)
+    ttl = spec.runPolicy.ttlSecondsAfterFinished if spec else None
+    if ttl is None or status.childrenDeletedTime:
+        return d
+    done = parse_time(status.completionTime) or obs.now
+    if (obs.now - done).total_seconds() < ttl:
+        _ttl_requeue(d, spec, status, obs.now)
+        return d
+    status.childrenDeletedTime = fmt_time(obs.now)
+    d.actions.append(DeleteChildren())
+    d.actions.append(Event("Normal", "ChildrenDeleted", f"ttlSecondsAfterFinished={ttl}: deleted pods, Service and RBAC"))
+    return d
+
+
+_PHASES: dict[str | None, PhaseHandler] = {
+    None: _new,
+    "Pending": _active,
+    "Running": _active,
+    "Restarting": _restarting,
+    "Suspended": _suspended,
+    # "Succeeded" and "Failed" (TERMINAL_PHASES) go to _finished, whatever the spec.
+}
+
+
+# ------------------------------------------------------------------------------- transitions
+
+
+def _start_attempt(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, attempt: int, event: Event,
+                   created: bool = False) -> Decision:
+    """Phase Pending with a whole new gang: attempt `attempt`, every rank."""
+    size = _gang_size(status, spec)
+    status.phase, status.attempt, status.restartAfter, status.replicas = "Pending", attempt, None, size
+    _counts(status, [], spec)
+    d = Decision(actions=[EnsureChildren(), CreatePods(attempt, tuple(range(size)), size), event],
+                 spec=spec, created=created)
+    _deadline_requeue(d, spec, status, obs.now)
+    return d
+
+
+def _interruption(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision | None:
+    """What stops an active job whatever its pods do: suspension, then activeDeadlineSeconds."""
+    policy = spec.runPolicy
+    if policy.suspend:
+        return _suspend(obs, status, spec)
+    start = parse_time(status.startTime)
+    if policy.activeDeadlineSeconds is not None and start is not None:
+        if (obs.now - start).total_seconds() >= policy.activeDeadlineSeconds:
+            return _fail(obs, status, spec, "DeadlineExceeded",
+                         f"job was active longer than activeDeadlineSeconds={policy.activeDeadlineSeconds}")
+    return None
+
+
+def _suspend(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, created: bool = False) -> Decision:
+    """Delete the pods; not a failure."""
+    live = tuple(p.name for p in obs.pods if not p.deleting)
+    actions: list[Action] = [DeletePods(live)] if live else []
+    if status.phase != "Suspended":
+        now = obs.now
+        status.phase, status.restartAfter = "Suspended", None
+        status.conditions = set_condition(status.conditions, "Suspended", True, "Suspended",
+                                          "spec.runPolicy.suspend is true", now)
+        status.conditions = _clear_condition(status.conditions, "Running", "Suspended", "job suspended", now)
+        actions.append(Event("Normal", "Suspended", f"suspended: deleting {len(live)} rank pods"))
+    _counts(status, [], spec)
+    return Decision(actions=actions, spec=spec, created=created)
+
+
+def _resize(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision:
+    """spec.replicas (or spec.elastic) changed: restart the gang at the new size (neither a failure
+    nor a preemption)."""
+    now = obs.now
+    field_name = "spec.elastic" if spec.elastic else "spec.replicas"
+    message = f"{field_name} changed the size from {status.replicas} to {_gang_size(status, spec)}: restarting the gang"
+    status.phase, status.restartAfter = "Restarting", fmt_time(now)
+    status.conditions = set_condition(status.conditions, "Restarting", True, "SpecChanged", message, now)
+    status.conditions = _clear_condition(status.conditions, "Running", "SpecChanged", message, now)
+    live = tuple(p.name for p in obs.pods if not p.deleting)
+    _counts(status, [], spec)
+    actions: list[Action] = [DeletePods(live)] if live else []
+    actions.append(Event("Normal", "SpecChanged", message))
+    return Decision(actions=actions, spec=spec, requeue_after=REQUEUE_SLACK_SECONDS)
+
+
+def _succeed(obs: Observation, status: _Status, gang: _Gang, d: Decision) -> Decision:
+    """Every rank of the current attempt exited 0."""
+    now, n = obs.now, gang.replicas
+    if not status.firstRunningTime:
+        # The whole gang ran and finished between two looks: the ranks' own start times say when.
+        _first_running(d, status, obs, max((p.started_at or now for p in gang.current), default=now))
+    status.phase, status.completionTime = "Succeeded", fmt_time(now)
+    status.conditions = set_condition(status.conditions, "Running", False, "Succeeded", "all ranks finished", now)
+    status.conditions = set_condition(status.conditions, "Succeeded", True, "AllRanksSucceeded", f"all {n} ranks exited 0", now)
+    d.actions.append(Event("Normal", "Succeeded", f"all {n} ranks exited 0"))
+    d.finished = "succeeded"
+    _ttl_requeue(d, d.spec, status, now)
+    return d
+
+
+def _mark_running(obs: Observation, status: _Status, gang: _Gang, d: Decision) -> None:
+    """Every rank of the current attempt runs (or already finished): phase Running."""
+    now, n, attempt = obs.now, gang.replicas, status.attempt
+    status.phase = "Running"
+    status.conditions = set_condition(status.conditions, "Running", True, "AllRanksRunning",
+                                      f"all {n} ranks running (attempt {attempt})", now)
+    status.conditions = _clear_condition(status.conditions, "Restarting", "Recovered", "gang restarted", now)
+    d.actions.append(Event("Normal", "Running", f"all {n} ranks running (attempt {attempt})"))
+    if not status.firstRunningTime:
+        _first_running(d, status, obs, now)
+
+
+def _first_running(d: Decision, status: _Status, obs: Observation, when: datetime) -> None:
     """Record the moment all ranks first ran (never before the job became active, never in the future)."""
-    start = parse_time(st.get("startTime")) or obs.created
-    when = min(max(when, start), now) if start is not None else min(when, now)
-    st["firstRunningTime"] = fmt_time(when)
+    start = parse_time(status.startTime) or obs.created
+    when = min(max(when, start), obs.now) if start is not None else min(when, obs.now)
+    status.firstRunningTime = fmt_time(when)
     if obs.created is not None:
         d.time_to_running = max(0.0, (when - obs.created).total_seconds())
 
 
-def _short(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        try:
-            return "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors()
-            )
-        except Exception:
-            pass
-    return str(exc).splitlines()[0]
-
-
-def _counts(st: dict[str, Any], current: list[PodView], spec: api.RecTrainJobSpec) -> None:
-    running = sum(1 for p in current if p.phase == "Running" and not p.deleting)
-    st["readyReplicas"] = running
-    st["ready"] = f"{running}/{spec.replicas}"
-    st["replicaCounts"] = {
-        "active": sum(1 for p in current if p.phase in ("Pending", "Running")),
-        "running": running,
-        "succeeded": sum(1 for p in current if p.phase == "Succeeded"),
-        "failed": sum(1 for p in current if p.phase in ("Failed", "Unknown")),
-    }
-
-
-def _deadline_requeue(d: Decision, spec: api.RecTrainJobSpec, st: dict[str, Any], now: datetime) -> None:
-    start = parse_time(st.get("startTime"))
-    if spec.runPolicy.activeDeadlineSeconds is not None and start is not None:
-        left = spec.runPolicy.activeDeadlineSeconds - (now - start).total_seconds()
-        d.requeue_after = _min(d.requeue_after, max(0.0, left) + 0.05)
-
-
-def _ttl_requeue(d: Decision, spec: api.RecTrainJobSpec | None, st: dict[str, Any], now: datetime) -> None:
-    if spec is None or spec.runPolicy.ttlSecondsAfterFinished is None or st.get("childrenDeletedTime"):
-        return
-    done = parse_time(st.get("completionTime")) or now
-    left = spec.runPolicy.ttlSecondsAfterFinished - (now - done).total_seconds()
-    d.requeue_after = _min(d.requeue_after, max(0.0, left) + 0.05)
-
-
-def _min(a: float | None, b: float) -> float:
-    return b if a is None else min(a, b)
-
-
-def _suspend(obs: Observation, st: dict[str, Any], spec: api.RecTrainJobSpec, created: bool = False) -> Decision:
+def _fail(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, reason: str, message: str) -> Decision:
+    """Phase Failed: delete the ranks still running, then wait for the TTL."""
     now = obs.now
-    actions: list[Action] = []
-    live = tuple(p.name for p in obs.pods if not p.deleting)
-    if live:
-        actions.append(DeletePods(live))
-    if st.get("phase") != "Suspended":
-        st.update(phase="Suspended", restartAfter=None)
-        st["conditions"] = set_condition(st["conditions"], "Suspended", True, "Suspended", "spec.runPolicy.suspend is true", now)
-        if condition(st["conditions"], "Running"):
-            st["conditions"] = set_condition(st["conditions"], "Running", False, "Suspended", "job suspended", now)
-        actions.append(Event("Normal", "Suspended", f"suspended: deleting {len(live)} rank pods"))
-    _counts(st, [], spec)
-    return Decision(st, actions, spec=spec, created=created)
-
-
-def _fail(obs: Observation, st: dict[str, Any], spec: api.RecTrainJobSpec, reason: str, message: str) -> Decision:
-    now = obs.now
-    st.update(phase="Failed", completionTime=fmt_time(now), restartAfter=None)
-    st["conditions"] = set_condition(st["conditions"], "Failed", True, reason, message, now)
-    if condition(st["conditions"], "Running"):
-        st["conditions"] = set_condition(st["conditions"], "Running", False, reason, message, now)
-    if condition(st["conditions"], "Restarting"):
-        st["conditions"] = set_condition(st["conditions"], "Restarting", False, reason, message, now)
+    status.phase, status.completionTime, status.restartAfter = "Failed", fmt_time(now), None
+    status.conditions = set_condition(status.conditions, "Failed", True, reason, message, now)
+    status.conditions = _clear_condition(status.conditions, "Running", reason, message, now)
+    status.conditions = _clear_condition(status.conditions, "Restarting", reason, message, now)
     live = tuple(p.name for p in obs.pods if p.phase not in ("Succeeded", "Failed") and not p.deleting)
-    actions: list[Action] = []
-    if live:
-        actions.append(DeletePods(live))
+    actions: list[Action] = [DeletePods(live)] if live else []
     actions.append(Event("Warning", reason, message))
-    _counts(st, [p for p in obs.pods if p.attempt == st["attempt"]], spec)
-    d = Decision(st, actions, spec=spec, finished="failed")
-    _ttl_requeue(d, spec, st, now)
+    _counts(status, [p for p in obs.pods if p.attempt == status.attempt], spec)
+    d = Decision(actions=actions, spec=spec, finished="failed")
+    _ttl_requeue(d, spec, status, now)
     return d
 
 
-def _gang_failure(obs: Observation, st: dict[str, Any], spec: api.RecTrainJobSpec, failures: list[Failure],
-                  current: list[PodView], stale: list[PodView]) -> Decision:
+def _invalid_spec(obs: Observation, status: _Status, spec: api.RecTrainJobSpec | None, errors: list[str]) -> Decision:
+    """Phase Failed (InvalidSpec) before any pod runs: what the schema cannot check, or a refused child."""
     now = obs.now
-    policy = spec.runPolicy
-    first = next((f for f in failures if f.cause == "preemption"), None) or min(failures, key=lambda f: f.rank)
-    st["lastFailure"] = {
-        "cause": first.cause, "rank": first.rank, "reason": first.reason, "exitCode": first.exit_code,
-        "message": first.message, "time": fmt_time(now),
-    }
-    st["lastFailure"] = {k: v for k, v in st["lastFailure"].items() if v is not None}
-    if first.cause == "preemption":
-        st["preemptions"] = int(st["preemptions"]) + 1
-        if policy.maxPreemptions is not None and st["preemptions"] > policy.maxPreemptions:
-            return _fail(obs, st, spec, "PreemptionLimitExceeded",
-                         f"{st['preemptions']} preemptions exceed maxPreemptions={policy.maxPreemptions}; last: {first.message}")
-    else:
-        st["failures"] = int(st["failures"]) + 1
-        if st["failures"] > policy.backoffLimit:
-            return _fail(obs, st, spec, "BackoffLimitExceeded",
-                         f"{st['failures']} application failures exceed backoffLimit={policy.backoffLimit}; last: {first.message}")
-    delay = backoff_seconds(policy, int(st["restarts"]))
-    st["restarts"] = int(st["restarts"]) + 1
-    st["phase"] = "Restarting"
-    st["restartAfter"] = fmt_time(now + timedelta(seconds=delay))
-    reason = "Preempted" if first.cause == "preemption" else "ApplicationFailed"
-    message = f"{first.message}; restarting all {spec.replicas} ranks in {delay:g}s (restart {st['restarts']})"
-    st["conditions"] = set_condition(st["conditions"], "Restarting", True, reason, message, now)
-    if condition(st["conditions"], "Running"):
-        st["conditions"] = set_condition(st["conditions"], "Running", False, reason, first.message, now)
-    live = tuple(p.name for p in current + stale if not p.deleting)
-    _counts(st, current, spec)
-    actions: list[Action] = []
-    if live:
-        actions.append(DeletePods(live))
-    actions.append(Event("Warning", reason, message))
-    return Decision(st, actions, requeue_after=max(delay, 0.0) + 0.05, spec=spec, restart_cause=first.cause)
-
-
-def _restarting(obs: Observation, st: dict[str, Any], spec: api.RecTrainJobSpec) -> Decision:
-    now = obs.now
-    after = parse_time(st.get("restartAfter")) or now
-    _counts(st, [], spec)
-    if obs.pods:  # wait until the old gang is gone (its hostnames are reused)
-        return _await_deletion(obs, st, spec)
-    if now < after:
-        return Decision(st, [], spec=spec, requeue_after=(after - now).total_seconds() + 0.05)
-    attempt = int(st["attempt"]) + 1
-    st.update(phase="Pending", attempt=attempt, restartAfter=None, replicas=spec.replicas)
-    d = Decision(st, [EnsureChildren(), CreatePods(attempt, tuple(range(spec.replicas))),
-                      Event("Normal", "Restarted", f"creating {spec.replicas} rank pods (attempt {attempt})")], spec=spec)
-    _deadline_requeue(d, spec, st, now)
+    message = "; ".join(errors) or "spec: invalid"
+    status.phase, status.completionTime, status.restartAfter = "Failed", fmt_time(now), None
+    status.observedGeneration = obs.generation
+    status.conditions = set_condition(status.conditions, "Failed", True, "InvalidSpec", message, now)
+    pods = tuple(p.name for p in obs.pods if p.phase not in ("Succeeded", "Failed"))
+    actions: list[Action] = [DeletePods(pods)] if pods else []
+    actions.append(Event("Warning", "InvalidSpec", message))
+    d = Decision(actions=actions, finished="failed")
+    _ttl_requeue(d, spec, status, now)
     return d
 
 
-def _await_deletion(obs: Observation, st: dict[str, Any], spec: api.RecTrainJobSpec) -> Decision:
-    live = tuple(p.name for p in obs.pods if not p.deleting)
+def _await_deletion(obs: Observation, spec: api.RecTrainJobSpec) -> Decision:
+    """Keep deleting the old gang; force-delete pods stuck terminating (their node is gone)."""
+    live = tuple(p.name for p in [*obs.pods, *obs.probes] if not p.deleting)
     stuck = tuple(
         p.name for p in obs.pods
         if p.deleting and p.deleted_at is not None and (obs.now - p.deleted_at).total_seconds() > FORCE_DELETE_AFTER_SECONDS
     )
-    actions: list[Action] = []
-    if live:
-        actions.append(DeletePods(live))
+    actions: list[Action] = [DeletePods(live)] if live else []
     if stuck:
         actions.append(DeletePods(stuck, force=True))
         actions.append(Event("Warning", "ForceDeleted", f"force-deleted pods stuck terminating: {', '.join(stuck)}"))
-    return Decision(st, actions, spec=spec, requeue_after=1.0)
+    return Decision(actions=actions, spec=spec, requeue_after=1.0)
 
 
-def _resize(obs: Observation, st: dict[str, Any], spec: api.RecTrainJobSpec) -> Decision:
-    """spec.replicas changed: restart the gang at the new size (neither a failure nor a preemption)."""
+# ------------------------------------------------------------------------------------ elastic
+
+
+def _gang_size(status: _Status, spec: api.RecTrainJobSpec) -> int:
+    """Rank pods of the current (or next) attempt: spec.replicas, or an elastic job's own size
+    (status.replicas, kept within spec.elastic; maxReplicas before the first attempt)."""
+    if spec.elastic is None or status.replicas is None:
+        return spec.desired_replicas
+    return min(max(status.replicas, spec.elastic.minReplicas), spec.elastic.maxReplicas)
+
+
+def _elastic_resize(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, gang: _Gang) -> Decision | None:
+    """An elastic gang that cannot be placed whole shrinks; one running below its size grows into
+    the room its placed probes hold. None: neither."""
+    if spec.elastic is None:
+        return None
+    if status.phase == "Running":
+        grown, _ = elastic.grown_size(spec, gang.replicas, obs.probes, obs.now)
+        if grown is None:
+            return None
+        placed = grown - gang.replicas
+        return _resize_to(obs, status, spec, gang, grown, "ScaledUp",
+                          f"{placed} capacity probe{'s' if placed > 1 else ''} placed: growing from {gang.replicas} to {grown} ranks")
+    shrunk, _ = elastic.shrunk_size(spec, gang.replicas, [p.placement for p in gang.current], obs.now)
+    if shrunk is None:
+        return None
+    why = next((p.placement.message for p in gang.current if p.placement.unschedulable and p.placement.message), "")
+    return _resize_to(obs, status, spec, gang, shrunk, "ScaledDown",
+                      f"{gang.replicas - shrunk} of {gang.replicas} rank pods cannot be placed{f' ({why})' if why else ''}: "
+                      f"continuing with {shrunk} ranks")
+
+
+def _elastic_settle_requeue(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, gang: _Gang) -> float | None:
+    """When to look again while the scheduler's placements settle (no pod event may come then)."""
+    if spec.elastic is None:
+        return None
+    if status.phase == "Running":
+        return elastic.grown_size(spec, gang.replicas, obs.probes, obs.now)[1]
+    return elastic.shrunk_size(spec, gang.replicas, [p.placement for p in gang.current], obs.now)[1]
+
+
+def _resize_to(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, gang: _Gang, size: int,
+               reason: str, why: str) -> Decision:
+    """Phase Restarting towards `size` ranks: the ranks get SIGTERM and checkpoint, the probes go,
+    and once all are gone the new size resumes from that checkpoint. Not a failure, not a restart."""
     now = obs.now
-    message = f"spec.replicas changed from {st.get('replicas')} to {spec.replicas}: restarting the gang"
-    st.update(phase="Restarting", restartAfter=fmt_time(now))
-    st["conditions"] = set_condition(st["conditions"], "Restarting", True, "SpecChanged", message, now)
-    if condition(st["conditions"], "Running"):
-        st["conditions"] = set_condition(st["conditions"], "Running", False, "SpecChanged", message, now)
-    live = tuple(p.name for p in obs.pods if not p.deleting)
-    _counts(st, [], spec)
+    message = f"{why} (from the last checkpoint, global batch unchanged)"
+    status.resizes += 1
+    status.replicas, status.phase, status.restartAfter = size, "Restarting", fmt_time(now)
+    status.conditions = set_condition(status.conditions, "Resized", True, reason, message, now)
+    status.conditions = set_condition(status.conditions, "Restarting", True, "Resizing", message, now)
+    status.conditions = _clear_condition(status.conditions, "Running", "Resizing", message, now)
+    _counts(status, [], spec)
+    live = tuple(p.name for p in [*gang.current, *gang.stale, *obs.probes] if not p.deleting)
     actions: list[Action] = [DeletePods(live)] if live else []
-    actions.append(Event("Normal", "SpecChanged", message))
-    return Decision(st, actions, spec=spec, requeue_after=0.05)
+    actions.append(Event("Normal", "Resized", message))
+    return Decision(actions=actions, spec=spec, requeue_after=REQUEUE_SLACK_SECONDS)
 
 
-def _finished(obs: Observation, st: dict[str, Any], ref: builders.JobRef) -> Decision:
-    now = obs.now
-    try:
-        spec = api.RecTrainJobSpec.model_validate(obs.spec)
-    except Exception:
-        spec = None
+def _probe_actions(obs: Observation, status: _Status, spec: api.RecTrainJobSpec | None) -> list[Action]:
+    """Capacity probes exist only while an elastic gang runs below its size: create the missing
+    ones then, delete every other (whatever the decision was)."""
+    running_short = spec is not None and status.phase == "Running" and status.replicas is not None
+    wanted = spec.desired_replicas - status.replicas if running_short else 0
+    surplus = tuple(p.name for p in obs.probes if not p.deleting and p.index >= wanted)
+    missing = elastic.probes_missing(spec, status.replicas, obs.probes) if running_short and wanted > 0 else []
+    actions: list[Action] = [DeletePods(surplus)] if surplus else []
+    if missing:
+        actions.append(CreateProbes(tuple(missing)))
+    return actions
+
+
+# ------------------------------------------------------------------------------ gang failures
+
+
+@dataclass(frozen=True)
+class _Gang:
+    """The rank pods of the current attempt, the ones left from earlier attempts, and the ranks without a pod."""
+
+    current: list[PodView]
+    stale: list[PodView]
+    missing: list[int]
+    replicas: int
+
+    @classmethod
+    def observe(cls, pods: list[PodView], attempt: int, replicas: int) -> _Gang:
+        current = [p for p in pods if p.attempt == attempt]
+        ranks = {p.rank for p in current}
+        return cls(current=current, stale=[p for p in pods if p.attempt != attempt],
+                   missing=[r for r in range(replicas) if r not in ranks], replicas=replicas)
+
+    @property
+    def all_succeeded(self) -> bool:
+        return len(self.current) == self.replicas and all(p.phase == "Succeeded" for p in self.current)
+
+    @property
+    def all_up(self) -> bool:
+        """Every rank running or done, at least one still running."""
+        phases = [p.phase for p in self.current]
+        return (len(phases) == self.replicas and "Running" in phases
+                and all(phase in ("Running", "Succeeded") for phase in phases))
+
+
+def _tidy_up(gang: _Gang, attempt: int) -> list[Action]:
+    """Delete pods of earlier attempts; (re)create missing ranks of this one (AlreadyExists is fine)."""
     actions: list[Action] = []
-    if st["phase"] == "Failed":
-        live = tuple(p.name for p in obs.pods if p.phase not in ("Succeeded", "Failed") and not p.deleting)
-        if live:
-            actions.append(DeletePods(live))
-    d = Decision(st, actions, spec=spec)
-    ttl = spec.runPolicy.ttlSecondsAfterFinished if spec else None
-    if ttl is not None and not st.get("childrenDeletedTime"):
-        done = parse_time(st.get("completionTime")) or now
-        if (now - done).total_seconds() >= ttl:
-            st["childrenDeletedTime"] = fmt_time(now)
-            d.actions.append(DeleteChildren())
-            d.actions.append(Event("Normal", "ChildrenDeleted", f"ttlSecondsAfterFinished={ttl}: deleted pods, Service and RBAC"))
-        else:
-            _ttl_requeue(d, spec, st, now)
-    return d
+    stale = tuple(p.name for p in gang.stale if not p.deleting)
+    if stale:
+        actions.append(DeletePods(stale))
+    if gang.missing:
+        actions += [EnsureChildren(), CreatePods(attempt, tuple(gang.missing), gang.replicas)]
+    return actions
+
+
+def _failures(gang: _Gang, status: _Status, spec: api.RecTrainJobSpec) -> list[Failure]:
+    failures = [f for f in (classify(p, spec.spot.enabled) for p in gang.current) if f is not None]
+    if status.phase == "Running" and gang.missing:  # all ranks ran, so someone else deleted this pod
+        rank = gang.missing[0]
+        failures.append(Failure("preemption", rank, "PodDeleted", None,
+                                f"rank {rank} pod was deleted by someone other than the operator"))
+    return failures
+
+
+def _deciding_failure(failures: list[Failure]) -> Failure:
+    """The failure that decides for the gang: an invalid configuration first (no retry fixes it), then a
+    preemption (the other ranks usually died of the lost peer; a pod seen failing before a pod found
+    missing, as it says more), then the application failure of the lowest rank."""
+    invalid = [f for f in failures if not f.retryable]
+    if invalid:
+        return min(invalid, key=lambda f: f.rank)
+    preemption = next((f for f in failures if f.cause == "preemption"), None)
+    return preemption or min(failures, key=lambda f: f.rank)
+
+
+def _gang_failure(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, failures: list[Failure],
+                  gang: _Gang) -> Decision:
+    """A rank failed: record it, then fail the job (no retry can help, or a limit is exceeded) or restart the gang."""
+    first = _deciding_failure(failures)
+    _record_failure(status, first, obs.now)
+    if not first.retryable:
+        return _fail(obs, status, spec, first.reason, first.message)
+    exceeded = _limit_exceeded(status, spec.runPolicy, first)
+    if exceeded is not None:
+        return _fail(obs, status, spec, *exceeded)
+    return _restart_gang(obs, status, spec, first, gang)
+
+
+def _record_failure(status: _Status, failure: Failure, now: datetime) -> None:
+    status.lastFailure = api.LastFailure(cause=failure.cause, rank=failure.rank, reason=failure.reason,
+                                         exitCode=failure.exit_code, message=failure.message, time=fmt_time(now))
+    if failure.cause == "preemption":
+        status.preemptions += 1
+    else:
+        status.failures += 1
+
+
+def _limit_exceeded(status: _Status, policy: api.RunPolicy, last: Failure) -> tuple[str, str] | None:
+    """(reason, message) when the counted failure or preemption is one too many."""
+    if last.cause == "preemption":
+        if policy.maxPreemptions is not None and status.preemptions > policy.maxPreemptions:
+            return ("PreemptionLimitExceeded",
+                    f"{status.preemptions} preemptions exceed maxPreemptions={policy.maxPreemptions}; last: {last.message}")
+        return None
+    if status.failures > policy.backoffLimit:
+        return ("BackoffLimitExceeded",
+                f"{status.failures} application failures exceed backoffLimit={policy.backoffLimit}; last: {last.message}")
+    return None
+
+
+def _restart_gang(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, first: Failure, gang: _Gang) -> Decision:
+    """Phase Restarting: delete every rank pod now, create attempt + 1 after the backoff (see _restarting)."""
+    now = obs.now
+    delay = backoff_seconds(spec.runPolicy, status.restarts)
+    status.restarts += 1
+    status.phase, status.restartAfter = "Restarting", fmt_time(now + timedelta(seconds=delay))
+    reason = "Preempted" if first.cause == "preemption" else "ApplicationFailed"
+    message = f"{first.message}; restarting all {gang.replicas} ranks in {delay:g}s (restart {status.restarts})"
+    status.conditions = set_condition(status.conditions, "Restarting", True, reason, message, now)
+    status.conditions = _clear_condition(status.conditions, "Running", reason, first.message, now)
+    _counts(status, gang.current, spec)
+    live = tuple(p.name for p in gang.current + gang.stale if not p.deleting)
+    actions: list[Action] = [DeletePods(live)] if live else []
+    actions.append(Event("Warning", reason, message))
+    return Decision(actions=actions, requeue_after=max(delay, 0.0) + REQUEUE_SLACK_SECONDS, spec=spec,
+                    restart_cause=first.cause)
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _lenient_spec(obs: Observation) -> api.RecTrainJobSpec | None:
+    """The spec of a finished job, for its TTL only: None when it no longer parses."""
+    try:
+        return api.RecTrainJobSpec.model_validate(obs.spec)
+    except ValidationError:
+        return None
+
+
+def _counts(status: _Status, current: list[PodView], spec: api.RecTrainJobSpec) -> None:
+    running = sum(1 for p in current if p.phase == "Running" and not p.deleting)
+    status.readyReplicas = running
+    status.ready = f"{running}/{_gang_size(status, spec)}"
+    status.replicaCounts = api.ReplicaCounts(
+        active=sum(1 for p in current if p.phase in ("Pending", "Running")),
+        running=running,
+        succeeded=sum(1 for p in current if p.phase == "Succeeded"),
+        failed=sum(1 for p in current if p.phase in ("Failed", "Unknown")),
+    )
+
+
+def _deadline_requeue(d: Decision, spec: api.RecTrainJobSpec, status: _Status, now: datetime) -> None:
+    start = parse_time(status.startTime)
+    if spec.runPolicy.activeDeadlineSeconds is not None and start is not None:
+        left = spec.runPolicy.activeDeadlineSeconds - (now - start).total_seconds()
+        d.requeue_after = _min(d.requeue_after, max(0.0, left) + REQUEUE_SLACK_SECONDS)
+
+
+def _ttl_requeue(d: Decision, spec: api.RecTrainJobSpec | None, status: _Status, now: datetime) -> None:
+    if spec is None or spec.runPolicy.ttlSecondsAfterFinished is None or status.childrenDeletedTime:
+        return
+    done = parse_time(status.completionTime) or now
+    left = spec.runPolicy.ttlSecondsAfterFinished - (now - done).total_seconds()
+    d.requeue_after = _min(d.requeue_after, max(0.0, left) + REQUEUE_SLACK_SECONDS)
+
+
+def _min(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)

@@ -18,6 +18,15 @@ from rectrain_operator.standby import KOPF_DEFAULT_LIFETIME, Standby, own_identi
 
 log = logging.getLogger("rectrain.main")
 
+# Characters that make a --namespace value a kopf pattern (globs, negations, lists) rather than a name.
+NAMESPACE_PATTERN_CHARS = "*?!,"
+
+
+def exact_namespaces(namespaces: list[str]) -> bool:
+    """Some namespaces, each a plain name: kopf can watch them without listing namespaces, and a
+    KopfPeering can live in each."""
+    return bool(namespaces) and not any(c in ns for ns in namespaces for c in NAMESPACE_PATTERN_CHARS)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rectrain-operator", description="Run the RecTrainJob operator.")
@@ -40,10 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds a replica counts as alive after its last keep-alive; a standby takes over this "
                         "long after the active replica died (with --peering; kopf's default)")
     args = p.parse_args(argv)
+    args.exact_namespaces = exact_namespaces(args.namespace)
     if args.peering is not None:
         if not args.peering:
             p.error("--peering needs a name")
-        if any(c in ns for ns in args.namespace for c in "*?!,"):
+        if args.namespace and not args.exact_namespaces:
             p.error("--peering needs exact --namespace names (no patterns): a KopfPeering lives in each")
         if args.peering_lifetime < 1:
             p.error("--peering-lifetime must be at least 1")
@@ -72,14 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     reconciler = Reconciler(cluster, metrics, namespaces=args.namespace, workers=args.workers,
                             gate=standby.active if standby else None)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, args.resync_seconds, standby)
-    if args.namespace and not any(c in ns for ns in args.namespace for c in "*?!,"):
-        @kopf.on.startup(registry=registry)
-        def exact_namespaces(settings: kopf.OperatorSettings, **_) -> None:
-            # Exact namespace names need no namespace listing, which least-privilege RBAC (the chart's
-            # per-namespace Roles) does not grant: without this kopf retries a forbidden list for about a
-            # minute, logging errors, before it starts watching the namespaces at all.
-            settings.scanning.disabled = True
+    register(registry, reconciler, args.resync_seconds, standby, exact_namespaces=args.exact_namespaces)
     log.info("starting rectrain-operator (metrics port %s, %s)", args.metrics_port or "off",
              f"peering {args.peering!r} priority {args.priority}" if args.peering else "standalone")
     try:

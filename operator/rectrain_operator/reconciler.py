@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 
-from rectrain_operator import builders, lifecycle
+from rectrain_operator import builders, elastic, lifecycle
 from rectrain_operator.cluster import ChildError, Cluster
 from rectrain_operator.metrics import Metrics
 
@@ -24,6 +24,13 @@ Key = tuple[str, str]  # (namespace, name)
 CHILD_RETRY_SECONDS = 0.25  # transient child errors (e.g. ServiceAccount token not minted yet)
 CHILD_ERROR_RETRY_SECONDS = 5.0  # other child errors (quota, permissions): retried, with an Event each time
 TOKEN_RETRY_SECONDS = 0.05  # a new job's ServiceAccount token is usually minted within tens of milliseconds
+# A new job's first pod is retried in place while its token is being minted (first after
+# TOKEN_POLL_SECONDS, then twice as long each time up to TOKEN_POLL_MAX_SECONDS: a burst of new jobs
+# queues at the controller-manager's token minting, and every refused create is a request), for at
+# most TOKEN_WAIT_SECONDS; only then is the whole pass requeued (which re-reads the job and its pods).
+TOKEN_POLL_SECONDS = 0.01
+TOKEN_POLL_MAX_SECONDS = 0.08
+TOKEN_WAIT_SECONDS = 2.0
 CREATE_CONCURRENCY = 8  # pod creates in flight per job
 
 
@@ -96,6 +103,12 @@ def _token_pending(exc: ChildError) -> bool:
     return "token" in text and ("serviceaccount" in text or "service account" in text)
 
 
+def child_order(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ServiceAccount first: the controller-manager mints its token (which pods wait for) while the
+    other children are created."""
+    return sorted(objs, key=lambda o: o["kind"] != "ServiceAccount")
+
+
 class Reconciler:
     def __init__(self, cluster: Cluster, metrics: Metrics, namespaces: list[str] | None = None, workers: int = 2,
                  gate: threading.Event | None = None):
@@ -107,6 +120,9 @@ class Reconciler:
         # Set while this replica may act (standby.Standby.active, with --peering); None: always.
         self.gate = gate
         self._threads: list[threading.Thread] = []
+        # Reads and writes a pass sends side by side (the pod list with the job read; a new job's status
+        # patch with its first creates): each saves the pass a round trip to the API server.
+        self._io = ThreadPoolExecutor(max(2, 2 * workers), thread_name_prefix="rectrain-io")
 
     # ------------------------------------------------------------------------------ loop
 
@@ -124,6 +140,11 @@ class Reconciler:
 
     def active(self) -> bool:
         return self.gate is None or self.gate.is_set()
+
+    @property
+    def alive(self) -> bool:
+        """Every worker thread is still running (what the liveness probe reports)."""
+        return all(t.is_alive() for t in self._threads)
 
     def resync(self) -> None:
         """List every job in scope: requeue it and refresh the by-phase gauge (nothing while standing by)."""
@@ -168,11 +189,14 @@ class Reconciler:
             self.metrics.reconcile.observe(time.perf_counter() - started)
 
     def _reconcile(self, namespace: str, name: str, now: datetime | None, rejected: str | None = None) -> float | None:
+        listed = self._io.submit(self.cluster.list_pods, namespace, name)  # side by side with the job read
         job = self.cluster.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             return None  # ownerReferences garbage-collect the children
         meta = job["metadata"]
-        pods = [v for v in (lifecycle.pod_view(p) for p in self.cluster.list_pods(namespace, name)) if v is not None]
+        children = listed.result()
+        pods = [v for v in (lifecycle.pod_view(p) for p in children) if v is not None]
+        probes = [v for v in (elastic.probe_view(p, lifecycle.parse_time) for p in children) if v is not None]
         obs = lifecycle.Observation(
             name=name,
             namespace=namespace,
@@ -184,13 +208,30 @@ class Reconciler:
             now=now or datetime.now(timezone.utc),
             created=lifecycle.parse_time(meta.get("creationTimestamp")),
             rejected=rejected,
+            probes=probes,
         )
         decision = lifecycle.decide(obs)
         # Status first: if we die after it, the next pass repeats the (idempotent) actions instead
-        # of mistaking our own deletions for preemptions.
+        # of mistaking our own deletions for preemptions. A new job (no phase yet) deletes nothing and
+        # a repeated pass would just re-create: its status patch goes out together with its creates.
+        patched = None
         if decision.status:
-            self.cluster.patch_status(namespace, name, decision.status)
+            new_job = not (job.get("status") or {}).get("phase")
+            deletes = any(isinstance(a, (lifecycle.DeletePods, lifecycle.DeleteChildren)) for a in decision.actions)
+            if new_job and not deletes and decision.actions:
+                patched = self._io.submit(self.cluster.patch_status, namespace, name, decision.status)
+            else:
+                self.cluster.patch_status(namespace, name, decision.status)
             log.info("job %s/%s: %s", namespace, name, _summary(decision.status))
+        try:
+            return self._run_actions(job, decision, namespace, name, now, rejected, patched)
+        finally:
+            if patched is not None:
+                patched.result()  # a failed patch fails the pass (retried), as before
+
+    def _run_actions(self, job: dict[str, Any], decision: lifecycle.Decision, namespace: str, name: str,
+                     now: datetime | None, rejected: str | None, patched) -> float | None:
+        meta = job["metadata"]
         requeue = decision.requeue_after
         ref = builders.JobRef(name, namespace, meta["uid"])
         for action in decision.actions:
@@ -201,6 +242,8 @@ class Reconciler:
                 if exc.invalid and rejected is None:
                     # The API server will never accept this child: fail the job (InvalidSpec), once.
                     self._count(namespace, decision)
+                    if patched is not None:
+                        patched.result()  # this pass's status lands before the next pass reads it
                     return self._reconcile(namespace, name, now, rejected=f"{exc.kind} {exc.name} is invalid: {exc.detail}")
                 retry = CHILD_RETRY_SECONDS if exc.transient else CHILD_ERROR_RETRY_SECONDS
                 if _token_pending(exc):
@@ -217,16 +260,17 @@ class Reconciler:
             self.cluster.post_event(job, action.type, action.reason, action.message)
         elif isinstance(action, lifecycle.EnsureChildren):
             assert spec is not None
-            for obj in [builders.build_service(spec, ref), *builders.build_rbac(ref)]:
+            for obj in child_order([builders.build_service(spec, ref), *builders.build_rbac(ref)]):
                 self.cluster.create(obj)
         elif isinstance(action, lifecycle.CreatePods):
             assert spec is not None
-            pods = builders.build_pods(spec, ref, action.attempt, list(action.ranks))
+            pods = builders.build_pods(spec, ref, action.attempt, list(action.ranks), action.size)
             if not pods:
                 return
             # The first create alone: while the job's ServiceAccount has no token yet (a new job) the API
-            # server refuses every pod the same way, so fail fast instead of sending all of them.
-            self.cluster.create(pods[0])
+            # server refuses every pod the same way, so fail fast instead of sending all of them, and
+            # retry just that create until the token is there (usually tens of milliseconds).
+            self._create_first(pods[0])
             errors: list[ChildError] = []
 
             def create(pod: dict[str, Any]) -> None:
@@ -242,6 +286,10 @@ class Reconciler:
                     list(pool.map(create, pods[1:]))
             if errors:
                 raise errors[0]
+        elif isinstance(action, lifecycle.CreateProbes):
+            assert spec is not None
+            for index in action.indices:
+                self.cluster.create(builders.build_probe(spec, ref, index))
         elif isinstance(action, lifecycle.DeletePods):
             failed_pods: list[ChildError] = []
             for pod_name in action.names:
@@ -266,6 +314,19 @@ class Reconciler:
                 raise failed[0]
         else:
             raise TypeError(action)
+
+    def _create_first(self, pod: dict[str, Any]) -> None:
+        deadline = time.monotonic() + TOKEN_WAIT_SECONDS
+        pause = TOKEN_POLL_SECONDS
+        while True:
+            try:
+                self.cluster.create(pod)
+                return
+            except ChildError as exc:
+                if not _token_pending(exc) or time.monotonic() >= deadline or self.queue.closed:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, TOKEN_POLL_MAX_SECONDS)
 
     def _count(self, namespace: str, d: lifecycle.Decision) -> None:
         m = self.metrics

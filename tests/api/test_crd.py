@@ -66,7 +66,8 @@ def test_crd_names_columns_and_subresource():
     version = doc["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Phase", "Ready", "Progress%", "Step", "Loss", "AUC", "Restarts", "Preemptions", "Age"]
+    assert names == ["Phase", "Ready", "Progress%", "Step", "Loss", "AUC", "Restarts", "Preemptions", "Age", "Size", "Desired", "Resizes"]
+    assert [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")] == ["Size", "Desired", "Resizes"], "-o wide only"
 
 
 def test_defaults_round_trip_through_pydantic():

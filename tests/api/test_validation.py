@@ -35,6 +35,8 @@ def trainer_errors(section: dict) -> list[str]:
 
 
 EKS_REQUIRED = {"enabled": True, "provider": "eks", "mode": "required"}
+ELASTIC = {"elastic": {"minReplicas": 1, "maxReplicas": 3}}
+ELASTIC_TRAINER = {"checkpoint": {"directory": "/ckpt"}, "training": {"globalBatchSize": 6144}}
 
 # (case id, spec, metadata.name)
 GOOD = [
@@ -70,6 +72,9 @@ GOOD = [
      {"pod": {"labels": {"team": "ads", "app.kubernetes.io/name": "dlrm", "kueue.x-k8s.io/priority-class": "high"},
               "annotations": {"note": "x", "kueue.x-k8s.io/retriable-in-group": "false"}}}, NAME),
     ("longest name for its replicas", {"replicas": 10}, "a" * 61),  # hostname a...a-9: 63 characters
+    ("elastic with checkpoints and a global batch", {**ELASTIC, **trainer(**ELASTIC_TRAINER)}, NAME),
+    ("elastic of one size", {"elastic": {"minReplicas": 2, "maxReplicas": 2}, **trainer(**ELASTIC_TRAINER)}, NAME),
+    ("global batch without elastic", trainer(training={"globalBatchSize": 100}), NAME),
 ]
 
 # (case id, spec, metadata.name, the field the one message must start with)
@@ -132,6 +137,15 @@ BAD = [
     ("kueue queue label", {"pod": {"labels": {"kueue.x-k8s.io/queue-name": "q"}}}, NAME, "spec.pod.labels"),
     ("kueue pod-group label", {"pod": {"labels": {"kueue.x-k8s.io/pod-group-name": "g"}}}, NAME, "spec.pod.labels"),
     ("kueue pod-group count annotation", {"pod": {"annotations": {"kueue.x-k8s.io/pod-group-total-count": "9"}}}, NAME, "spec.pod.annotations"),
+    # --- elastic
+    ("elastic min above max", {"elastic": {"minReplicas": 4, "maxReplicas": 3}, **trainer(**ELASTIC_TRAINER)}, NAME, "spec.elastic.minReplicas"),
+    ("elastic min 0", {"elastic": {"minReplicas": 0, "maxReplicas": 3}, **trainer(**ELASTIC_TRAINER)}, NAME, "spec.elastic.minReplicas"),
+    ("elastic without checkpoints", {**ELASTIC, **trainer(training={"globalBatchSize": 6144})}, NAME, "spec.trainer.checkpoint.directory"),
+    ("elastic without a global batch", {**ELASTIC, **trainer(checkpoint={"directory": "/ckpt"})}, NAME, "spec.trainer.training.globalBatchSize"),
+    ("elastic name too long at maxReplicas", {**ELASTIC, **trainer(**ELASTIC_TRAINER)}, "a" * 62, "metadata.name"),
+    ("elastic world size at max", {"elastic": {"minReplicas": 1, "maxReplicas": 1024}, "procsPerReplica": 8,
+                                   **trainer(**ELASTIC_TRAINER)}, NAME, "spec.elastic.maxReplicas"),
+    ("global batch 0", trainer(training={"globalBatchSize": 0}), NAME, "spec.trainer.training.globalBatchSize"),
 ]
 
 

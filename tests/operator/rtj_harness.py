@@ -155,7 +155,8 @@ class Harness:
 
     def pods(self, job: str, attempt: int | None = None) -> list[Any]:
         sel = f"{api.LABEL_JOB_NAME}={job}" + (f",{api.LABEL_ATTEMPT}={attempt}" if attempt is not None else "")
-        pods = self.core.list_namespaced_pod(self.ns, label_selector=sel).items
+        pods = [p for p in self.core.list_namespaced_pod(self.ns, label_selector=sel).items
+                if api.LABEL_RANK in p.metadata.labels]  # not an elastic job's capacity probes
         return sorted(pods, key=lambda p: int(p.metadata.labels[api.LABEL_RANK]))
 
     def wait_pods(self, job: str, count: int, attempt: int | None = None, timeout: float = 30) -> list[Any]:

@@ -24,4 +24,4 @@ def test_example_is_valid(path):
     ref = builders.JobRef(doc["metadata"]["name"], "default", "uid")
     assert builders.validate(job.spec, ref) == []
     pods = builders.build_pods(job.spec, ref, attempt=0)
-    assert len(pods) == job.spec.replicas
+    assert len(pods) == job.spec.desired_replicas

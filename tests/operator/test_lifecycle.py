@@ -45,14 +45,14 @@ def kinds(d):
 def test_new_job_creates_children_and_pods():
     d, st = step(obs())
     assert st["phase"] == "Pending" and st["attempt"] == 0 and st["ready"] == "0/2"
-    assert d.actions[:2] == [EnsureChildren(), CreatePods(0, (0, 1))]
+    assert d.actions[:2] == [EnsureChildren(), CreatePods(0, (0, 1), 2)]
     assert cond(st, "Created")["status"] == "True" and d.created
 
 
 def test_pending_recreates_missing_and_running_when_all_run():
     _, st = step(obs())
     d, st2 = step(obs(st, [pod(0)]))
-    assert st2["phase"] == "Pending" and CreatePods(0, (1,)) in d.actions
+    assert st2["phase"] == "Pending" and CreatePods(0, (1,), 2) in d.actions
     d, st3 = step(obs(st2, [pod(0), pod(1)], now=T0 + timedelta(seconds=3)))
     assert st3["phase"] == "Running" and st3["ready"] == "2/2"
     assert cond(st3, "Running")["reason"] == "AllRanksRunning"
@@ -103,7 +103,8 @@ def running(**spec):
     [
         (dict(phase="Failed", exit_code=1, container_reason="Error"), "failure", "Error"),
         (dict(phase="Failed", exit_code=137, container_reason="OOMKilled"), "failure", "OOMKilled"),
-        (dict(phase="Failed", exit_code=143, container_reason="Error"), "failure", "Error"),
+        # 143 is a preemption off spot too (the exit-code contract, rectrain_api.exit_codes).
+        (dict(phase="Failed", exit_code=143, container_reason="Error"), "preemption", "Terminated"),
         (dict(phase="Failed", reason="Evicted", message="node low on memory"), "preemption", "Evicted"),
         (dict(phase="Failed", exit_code=137, disruption="PreemptionByScheduler"), "preemption", "PreemptionByScheduler"),
         (dict(phase="Failed", reason="Shutdown"), "preemption", "Shutdown"),
@@ -123,6 +124,86 @@ def test_signal_exit_on_spot_is_preemption():
     assert lc.classify(pod(0, phase="Succeeded", exit_code=0), spot=True) is None
 
 
+# The exit-code contract (rectrain_api.exit_codes), as the lifecycle applies it to a failed rank pod.
+@pytest.mark.parametrize(
+    "code,spot,cause,reason,retryable",
+    [
+        (1, False, "failure", "Error", True),
+        (1, True, "failure", "Error", True),
+        (2, False, "failure", "InvalidConfiguration", False),  # no retry can fix a configuration
+        (2, True, "failure", "InvalidConfiguration", False),
+        (143, False, "preemption", "Terminated", True),  # SIGTERM: checkpointed, "resume me", anywhere
+        (143, True, "preemption", "SpotReclaimed", True),
+        (137, False, "failure", "Error", True),  # other signals: a crash off spot ...
+        (137, True, "preemption", "SpotReclaimed", True),  # ... a reclaim on spot
+        (139, False, "failure", "Error", True),
+        (139, True, "preemption", "SpotReclaimed", True),
+        (128, True, "failure", "Error", True),  # 128 + 0 is no signal
+        (255, True, "failure", "Error", True),  # exit(-1), not signal 127
+        (0, True, "failure", "Error", True),  # exited 0 in a pod that failed anyway
+    ],
+)
+def test_exit_code_contract(code, spot, cause, reason, retryable):
+    f = lc.classify(pod(1, phase="Failed", exit_code=code, container_reason="Error"), spot=spot)
+    assert (f.cause, f.reason, f.retryable, f.exit_code) == (cause, reason, retryable, code)
+
+
+@pytest.mark.parametrize("code", [2, 143, 137])
+def test_pod_state_decides_before_the_exit_code(code):
+    # A pod evicted, disrupted or deleted is a preemption whatever its code; OOMKilled is a failure even on spot.
+    assert lc.classify(pod(1, phase="Failed", exit_code=code, reason="Evicted"), spot=False).cause == "preemption"
+    assert lc.classify(pod(1, phase="Failed", exit_code=code, disruption="EvictionByEvictionAPI"), spot=False).cause == "preemption"
+    assert lc.classify(pod(1, phase="Failed", exit_code=code, deleting=True), spot=False).reason == "PodDeleted"
+    oom = lc.classify(pod(1, phase="Failed", exit_code=137, container_reason="OOMKilled"), spot=True)
+    assert (oom.cause, oom.reason) == ("failure", "OOMKilled")
+
+
+def test_invalid_configuration_fails_the_job_at_once():
+    spec = dict(runPolicy={"backoffLimit": 5})  # irrelevant: no retry can fix a configuration
+    st = running(**spec)
+    bad = pod(1, phase="Failed", exit_code=2, message="rectrain-train: training.batchSize: must be > 0")
+    d, st = step(obs(st, [pod(0), bad], now=T0 + timedelta(seconds=5), **spec))
+    assert st["phase"] == "Failed" and "CreatePods" not in kinds(d)
+    failed = cond(st, "Failed")
+    assert failed["reason"] == "InvalidConfiguration"
+    assert "rank 1" in failed["message"] and "training.batchSize: must be > 0" in failed["message"]
+    assert (st["failures"], st["restarts"], st["preemptions"]) == (1, 0, 0)
+    assert st["lastFailure"] == {"cause": "failure", "rank": 1, "reason": "InvalidConfiguration", "exitCode": 2,
+                                 "message": failed["message"], "time": lc.fmt_time(T0 + timedelta(seconds=5))}
+    assert cond(st, "Running")["status"] == "False" and "restartAfter" not in st
+    assert DeletePods(("j-0-a0",)) in d.actions  # the rank still running goes; no gang restart
+    assert lc.Event("Warning", "InvalidConfiguration", failed["message"]) in d.actions
+    assert d.finished == "failed" and d.restart_cause is None
+    d, _ = step(obs(st, [pod(0, deleting=True), bad], now=T0 + timedelta(seconds=9), **spec))
+    assert d.status is None and d.actions == []  # terminal: nothing more to do
+
+
+def test_invalid_configuration_wins_over_a_simultaneous_preemption():
+    st = running()
+    d, st = step(obs(st, [pod(0, phase="Failed", reason="Evicted"), pod(1, phase="Failed", exit_code=2)]))
+    assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "InvalidConfiguration"
+    assert (st["failures"], st["preemptions"]) == (1, 0)
+
+
+def test_sigterm_exit_off_spot_is_a_preemption_not_a_failure():
+    spec = dict(runPolicy={"backoffLimit": 0, "restartBackoff": {"initialSeconds": 0}})
+    st = running(**spec)
+    d, st = step(obs(st, [pod(0), pod(1, phase="Failed", exit_code=143, message="stopped by SIGTERM at step 40")], **spec))
+    assert st["phase"] == "Restarting"  # backoffLimit 0 would have failed the job on a failure
+    assert (st["preemptions"], st["failures"], st["restarts"]) == (1, 0, 1)
+    assert st["lastFailure"]["cause"] == "preemption" and st["lastFailure"]["exitCode"] == 143
+    assert "step 40" in st["lastFailure"]["message"]
+    assert d.restart_cause == "preemption" and cond(st, "Restarting")["reason"] == "Preempted"
+    assert DeletePods(("j-0-a0", "j-1-a0")) in d.actions
+
+
+def test_sigterm_exits_are_bounded_by_max_preemptions():
+    spec = dict(runPolicy={"maxPreemptions": 0})
+    st = running(**spec)
+    _, st = step(obs(st, [pod(0), pod(1, phase="Failed", exit_code=143)], **spec))
+    assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "PreemptionLimitExceeded"
+
+
 def test_app_failure_restarts_gang_after_backoff_then_backoff_limit():
     spec = dict(runPolicy={"backoffLimit": 1, "restartBackoff": {"initialSeconds": 10, "maxSeconds": 15}})
     st = running(**spec)
@@ -139,7 +220,7 @@ def test_app_failure_restarts_gang_after_backoff_then_backoff_limit():
     d, st = step(obs(st, [], now=T0 + timedelta(seconds=5), **spec))
     assert "CreatePods" not in kinds(d) and st["phase"] == "Restarting"
     d, st = step(obs(st, [], now=T0 + timedelta(seconds=11), **spec))
-    assert st["phase"] == "Pending" and st["attempt"] == 1 and CreatePods(1, (0, 1)) in d.actions
+    assert st["phase"] == "Pending" and st["attempt"] == 1 and CreatePods(1, (0, 1), 2) in d.actions
     _, st = step(obs(st, [pod(0, attempt=1), pod(1, attempt=1)], **spec))
     assert st["phase"] == "Running" and cond(st, "Restarting")["status"] == "False"
     d, st = step(obs(st, [pod(0, attempt=1, phase="Failed", exit_code=1), pod(1, attempt=1)], **spec))
@@ -209,7 +290,7 @@ def test_suspend_and_resume():
     d, st = step(obs(st, [], runPolicy={"suspend": True}))
     assert d.status is None and d.actions == []
     d, st = step(obs(st, [], now=T0 + timedelta(seconds=100)))
-    assert st["phase"] == "Pending" and st["attempt"] == 1 and CreatePods(1, (0, 1)) in d.actions
+    assert st["phase"] == "Pending" and st["attempt"] == 1 and CreatePods(1, (0, 1), 2) in d.actions
     assert cond(st, "Suspended")["status"] == "False" and st["startTime"] == lc.fmt_time(T0 + timedelta(seconds=100))
 
 
@@ -217,7 +298,7 @@ def test_created_suspended():
     d, st = step(obs(runPolicy={"suspend": True}))
     assert st["phase"] == "Suspended" and "CreatePods" not in kinds(d)
     d, st = step(obs(st))
-    assert st["phase"] == "Pending" and CreatePods(1, (0, 1)) in d.actions
+    assert st["phase"] == "Pending" and CreatePods(1, (0, 1), 2) in d.actions
 
 
 def test_deadline():
@@ -282,7 +363,7 @@ def test_replicas_change_restarts_gang_without_counting():
     assert (st["restarts"], st["failures"], st["preemptions"]) == (0, 0, 0)
     assert DeletePods(("j-0-a0", "j-1-a0")) in d.actions
     d, st = step(obs(st, [], now=T0 + timedelta(seconds=1), replicas=3))
-    assert st["phase"] == "Pending" and st["replicas"] == 3 and CreatePods(1, (0, 1, 2)) in d.actions
+    assert st["phase"] == "Pending" and st["replicas"] == 3 and CreatePods(1, (0, 1, 2), 3) in d.actions
 
 
 def test_stuck_terminating_pods_are_force_deleted():
@@ -301,4 +382,33 @@ def test_resume_waits_for_old_pods():
     d, st2 = step(obs(st, [pod(0, deleting=True)]))
     assert st2["phase"] == "Suspended" and "CreatePods" not in kinds(d)
     d, st3 = step(obs(st2, []))
-    assert st3["phase"] == "Pending" and CreatePods(1, (0, 1)) in d.actions
+    assert st3["phase"] == "Pending" and CreatePods(1, (0, 1), 2) in d.actions
+
+
+def test_an_unreadable_status_field_is_rewritten_not_a_crash():
+    st = running()
+    hand_edited = {**st, "restarts": "many", "replicaCounts": {"active": -1}}
+    d, fixed = step(obs(hand_edited, [pod(0), pod(1)]))
+    assert d.status == {"restarts": 0, "replicaCounts": st["replicaCounts"]}
+    assert fixed == st
+
+
+def test_describe_names_each_field_of_a_validation_error():
+    from pydantic import ValidationError
+
+    from rectrain_api.errors import describe
+    from rectrain_api.job import RecTrainJobSpec
+
+    with pytest.raises(ValidationError) as spec_error:
+        RecTrainJobSpec.model_validate({"image": "img", "replicas": 0, "runPolicy": {"backoffLimit": "x"}})
+    assert describe(spec_error.value) == (
+        "replicas: Input should be greater than or equal to 1; runPolicy.backoffLimit: Input should be a valid integer,"
+        " unable to parse string as an integer")
+
+    class CallError(Exception):  # the typed Kubernetes client: loc starts with the argument's position
+        def errors(self):
+            return [{"loc": (2, "spec", "containers", 0, "ports", 0, "containerPort"), "msg": "Input should be a valid integer"}]
+
+    assert describe(CallError(), skip_argument=True) == "spec.containers.0.ports.0.containerPort: Input should be a valid integer"
+    assert describe(ValueError("first line\nsecond")) == "first line"
+    assert describe(RuntimeError()) == "RuntimeError"  # no message at all

@@ -69,7 +69,7 @@ def test_app_failure_restarts_gang_and_honours_backoff_limit(harness, operator):
     assert st["lastFailure"]["cause"] == "failure" and st["lastFailure"]["exitCode"] == 1
     harness.run_all("app", 1)
     harness.wait_phase("app", "Running", attempt=1)
-    harness.exit(pods[0].metadata.name, 2)
+    harness.exit(pods[0].metadata.name, 3)  # not 2: that is an invalid configuration, never retried
     st = harness.wait_phase("app", "Failed")
     assert st["failures"] == 2 and st["restarts"] == 1
     assert harness.condition("app", "Failed")["reason"] == "BackoffLimitExceeded"
@@ -78,6 +78,23 @@ def test_app_failure_restarts_gang_and_honours_backoff_limit(harness, operator):
     # Events are posted after the status they describe: poll for them.
     expected = {"Created", "Running", "ApplicationFailed", "Restarted", "BackoffLimitExceeded"}
     wait_for(lambda: expected <= {r for _, r, _ in harness.events("app")}, what=f"events {sorted(expected)}")
+
+
+def test_invalid_configuration_fails_the_job_without_a_restart(harness, operator):
+    harness.create_job("conf", replicas=2, runPolicy={"backoffLimit": 3})
+    harness.wait_pods("conf", 2, attempt=0)
+    harness.run_all("conf", 0)
+    harness.wait_phase("conf", "Running")
+    harness.exit("conf-1-a0", 2)  # the exit-code contract: invalid configuration
+    st = harness.wait_phase("conf", "Failed")
+    assert (st["failures"], st["restarts"], st["preemptions"], st["attempt"]) == (1, 0, 0, 0)
+    failed = harness.condition("conf", "Failed")
+    assert failed["reason"] == "InvalidConfiguration" and "rank 1" in failed["message"]
+    assert st["lastFailure"]["reason"] == "InvalidConfiguration" and st["lastFailure"]["exitCode"] == 2
+    wait_for(lambda: "InvalidConfiguration" in {r for _, r, _ in harness.events("conf")}, what="InvalidConfiguration event")
+    wait_for(lambda: all(p.status.phase == "Failed" or p.metadata.deletion_timestamp for p in harness.pods("conf")),
+             what="the rank still running deleted")
+    assert not harness.pods("conf", 1), "no gang restart"
 
 
 def test_three_preemptions_do_not_consume_backoff_limit_and_metrics(harness, operator):
@@ -258,9 +275,11 @@ def test_printer_columns_and_explain(harness, operator, k8s_api):
     table = requests.get(url, headers={**headers, "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
                          **{k: v for k, v in kw.items() if k != "headers"}).json()
     names = [c["name"] for c in table["columnDefinitions"]]
-    assert names == ["Name", "Phase", "Ready", "Progress%", "Step", "Loss", "AUC", "Restarts", "Preemptions", "Age"]
+    assert names == ["Name", "Phase", "Ready", "Progress%", "Step", "Loss", "AUC", "Restarts", "Preemptions", "Age",
+                     "Size", "Desired", "Resizes"]
     row = dict(zip(names, table["rows"][0]["cells"]))
     assert (row["Name"], row["Phase"], row["Ready"], row["Restarts"], row["Preemptions"]) == ("cols", "Running", "2/2", 0, 0)
+    assert (row["Size"], row["Desired"]) == (2, 2), "-o wide: the gang's size and the size it aims for"
 
     def published():
         doc = requests.get(f"{cfg.host}/openapi/v2", **kw).json()

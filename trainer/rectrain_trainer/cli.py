@@ -9,8 +9,13 @@ LOCAL_RANK), so it runs in pods, under torchrun, or as a plain process.
 Status reporting (rank 0): when RECTRAIN_JOB_NAME and RECTRAIN_JOB_NAMESPACE are set, the
 RecTrainJob's status.progress / status.metrics are patched (in-cluster credentials, else KUBECONFIG).
 
-Exit codes: 0 done; 143 stopped by SIGTERM after checkpointing (preemption, retryable);
-2 invalid configuration (the message names the field); 1 any other error.
+Exit codes (the contract with the operator, `rectrain_api.exit_codes`; docs/operator.md):
+  0    done;
+  2    invalid configuration, the message names the field: the operator fails the job at once
+       (InvalidConfiguration), since no retry can fix it;
+  143  stopped by SIGTERM after checkpointing: a preemption, on spot or not (resumed from the
+       checkpoint, never counted against backoffLimit);
+  1    any other error: an application failure, retried within backoffLimit.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import logging
 import os
 import sys
 
+from rectrain_api import exit_codes
 from rectrain_api.trainer_config import JOB_NAME_ENV, JOB_NAMESPACE_ENV
 
 from .config import ConfigError, dist_env, load_config_env, load_config_file
 
-CONFIG_ERROR_EXIT_CODE = 2
+CONFIG_ERROR_EXIT_CODE = exit_codes.INVALID_CONFIG
+PREEMPTED_EXIT_CODE = exit_codes.PREEMPTED
 FINAL_REPORT_SECONDS = 60.0  # how long the last status update is retried at the end of a run
 PREEMPTED_REPORT_SECONDS = 5.0  # ... and after a SIGTERM, within the pod's grace period
 
@@ -55,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return CONFIG_ERROR_EXIT_CODE
     if args.check:
         print("configuration OK")
-        return 0
+        return exit_codes.SUCCEEDED
 
     bar = args.progress == "on" or (args.progress == "auto" and args.config is not None and sys.stderr.isatty())
 
     import torch
 
     from .data import MalformedRowError
-    from .train import PREEMPTED_EXIT_CODE, Preempted, train
+    from .train import Preempted, train
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # ranks sharing this host (torchrun)
     if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     report_timeout = FINAL_REPORT_SECONDS
     try:
         train(cfg, denv, reporter=reporter, progress_bar=bar)
-        return 0
+        return exit_codes.SUCCEEDED
     except Preempted as e:
         logging.getLogger("rectrain.train").warning("%s; exiting with %d (preempted)", e, PREEMPTED_EXIT_CODE)
         report_timeout = PREEMPTED_REPORT_SECONDS
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return CONFIG_ERROR_EXIT_CODE
     except (MalformedRowError, FileNotFoundError) as e:
         print(f"rectrain-train: {e}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     finally:
         if reporter is not None:
             reporter.close(report_timeout)
