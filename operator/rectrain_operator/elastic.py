@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from rectrain_api import job as api
+from rectrain_api.timestamps import parse_time
 
 # Placements within this long of each other are one resize: room freed by one deletion usually
 # lets several pods in within a second or two (one restart beats two), and the scheduler retries a
@@ -36,7 +37,7 @@ class Placement:
     message: str | None = None  # the scheduler's word when it cannot place the pod
 
 
-def placement(pod: dict[str, Any], parse_time) -> Placement:
+def placement(pod: dict[str, Any]) -> Placement:
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
     return Placement(
@@ -57,14 +58,14 @@ class ProbeView:
     placement: Placement
 
 
-def probe_view(pod: dict[str, Any], parse_time) -> ProbeView | None:
+def probe_view(pod: dict[str, Any]) -> ProbeView | None:
     """A ProbeView from a Pod manifest; None when it is no capacity probe."""
     meta = pod.get("metadata") or {}
     try:
         index = int((meta.get("labels") or {})[api.LABEL_PROBE])
     except (KeyError, ValueError):
         return None
-    return ProbeView(meta.get("name", ""), index, bool(meta.get("deletionTimestamp")), placement(pod, parse_time))
+    return ProbeView(meta.get("name", ""), index, bool(meta.get("deletionTimestamp")), placement(pod))
 
 
 def shrunk_size(spec: api.RecTrainJobSpec, size: int, placements: list[Placement], now: datetime) -> tuple[int | None, float | None]:

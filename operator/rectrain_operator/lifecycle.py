@@ -131,7 +131,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         waiting_reason=waiting_reason,
         deleted_at=parse_time(meta.get("deletionTimestamp")),
         started_at=started_at,
-        placement=elastic.placement(pod, parse_time),
+        placement=elastic.placement(pod),
     )
 
 

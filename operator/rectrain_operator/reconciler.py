@@ -196,7 +196,7 @@ class Reconciler:
         meta = job["metadata"]
         children = listed.result()
         pods = [v for v in (lifecycle.pod_view(p) for p in children) if v is not None]
-        probes = [v for v in (elastic.probe_view(p, lifecycle.parse_time) for p in children) if v is not None]
+        probes = [v for v in (elastic.probe_view(p) for p in children) if v is not None]
         obs = lifecycle.Observation(
             name=name,
             namespace=namespace,

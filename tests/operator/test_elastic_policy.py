@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from rectrain_api import job as api
-from rectrain_api.timestamps import parse_time
 from rectrain_operator import builders, elastic
 from rectrain_operator.elastic import Placement, ProbeView
 
@@ -76,14 +75,14 @@ def test_a_gang_grows_by_the_probes_placed_once_placements_settle():
 
 def test_probe_views_and_placements_come_from_pod_manifests():
     pod = builders.build_probe(spec(), builders.JobRef("j", "ns", "uid"), 1)
-    assert elastic.probe_view(pod, parse_time) == ProbeView("j-probe-1", 1, False, Placement())
+    assert elastic.probe_view(pod) == ProbeView("j-probe-1", 1, False, Placement())
     pod["spec"]["nodeName"] = "node-a"
     pod["status"] = {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-30T12:00:00Z"}]}
-    assert elastic.probe_view(pod, parse_time).placement == Placement(placed=True, since=NOW)
+    assert elastic.probe_view(pod).placement == Placement(placed=True, since=NOW)
     waiting = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
-    assert elastic.placement(waiting, parse_time) == Placement(unschedulable=True)
+    assert elastic.placement(waiting) == Placement(unschedulable=True)
     rank_pod = builders.build_pod(spec(), builders.JobRef("j", "ns", "uid"), 0, 0)
-    assert elastic.probe_view(rank_pod, parse_time) is None
+    assert elastic.probe_view(rank_pod) is None
 
 
 def test_a_probe_holds_one_ranks_room_and_runs_nothing():
