@@ -8,7 +8,10 @@ and prints a table. On CPU: fp32 vs bf16, 1 vs 2 ranks. With a GPU: fp32 vs fp16
     python bench/trainer_bench.py                 # defaults: 26 tables x 100k rows, dim 16, batch 2048/rank
     python bench/trainer_bench.py --steps 40 --table-rows 10000 --ranks 1 2
 
-Throughput is the median global samples/s of the logged windows after the first (warm-up) one.
+Throughput of one run: global samples of the steps after the warm-up (the first --log-every steps, or
+--warmup when a caller sets it) divided by the time they took (the sum of the logged windows' times);
+each case runs once here. bench/torchrec_bench.py uses the same runner and the same statistic for
+both sides.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import os
 import platform
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -34,9 +36,12 @@ LINE = re.compile(r"step=(\d+)/(\d+) .*samples_per_s=(\d+)")
 
 def config(args, precision: str, device: str, ranks: int) -> dict:
     rows = args.batch * ranks * (args.steps + 1)
+    # args.data (optional): a data section to use instead of the planted synthetic data (e.g. a binary
+    # dataset: {"source": "binary", "paths": [...], "evalFraction": 0}).
+    data = getattr(args, "data", None) or {"source": "synthetic", "synthetic": {"rows": rows, "evalRows": 1000, "seed": 1}}
     return {
         "model": {"embeddingDim": 16, "tableSizes": [args.table_rows] * 26, "numDenseFeatures": 13, **MLPS[args.mlp]},
-        "data": {"source": "synthetic", "synthetic": {"rows": rows, "evalRows": 1000, "seed": 1}},
+        "data": data,
         "training": {"epochs": 1, "maxSteps": args.steps, "batchSize": args.batch, "precision": precision,
                      "device": device, "seed": 0, "dataLoaderWorkers": 1},
         "reporting": {"metricsPort": 0, "logEverySteps": args.log_every},
@@ -81,9 +86,26 @@ def run(args, precision: str, device: str, ranks: int) -> tuple[float | None, st
     outs, error = run_ranks([sys.executable, "-m", "rectrain_trainer.cli", "--progress", "off"], envs, args.timeout)
     if error:
         return None, error[:80]
-    rates = [int(m.group(3)) for m in LINE.finditer(outs[0][1])]
-    windows = rates[1:] or rates  # drop the warm-up window
-    return (statistics.median(windows) if windows else None), f"{threads} thread(s)/rank"
+    sps = timed_rate([(int(m.group(1)), int(m.group(3))) for m in LINE.finditer(outs[0][1])],
+                     getattr(args, "warmup", None) or args.log_every)
+    return sps, f"{threads} thread(s)/rank"
+
+
+def timed_rate(windows: list[tuple[int, int]], warmup: int) -> float | None:
+    """Samples/s over the steps after `warmup` from the logged (step, samples/s) windows.
+
+    A window ending at step s covers the steps since the previous logged step at s's rate, so
+    (steps) / (sum of the windows' step counts / rates) is the rate of those steps timed end to end
+    (every step is one global batch). Windows that start before `warmup` are left out.
+    """
+    steps = weighted = 0.0
+    prev = 0
+    for step, sps in windows:
+        if prev >= warmup and sps > 0:
+            steps += step - prev
+            weighted += (step - prev) / sps
+        prev = step
+    return steps / weighted if steps else None
 
 
 def main() -> int:
