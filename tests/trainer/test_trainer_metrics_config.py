@@ -135,3 +135,18 @@ def test_tensorboard_without_the_package_warns_and_trains(tmp_path, caplog):
         assert any("tensorboard package is not installed" in m for m in caplog.messages)
     else:
         assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_missing_cuda_device_is_a_retryable_failure_not_a_configuration_error(tmp_path, capsys):
+    """device: cuda on a node without a working GPU is a node fault: exit 1 (the gang restarts,
+    perhaps elsewhere), never 2 (which fails the job at once)."""
+    import torch
+
+    from rectrain_api import exit_codes
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    f = tmp_path / "cuda.yaml"
+    f.write_text(json.dumps(tiny_config(training={"device": "cuda", "backend": "gloo"})))
+    assert main(["--config", str(f), "--progress", "off"]) == exit_codes.FAILED
+    assert "no CUDA device" in capsys.readouterr().err

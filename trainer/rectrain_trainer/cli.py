@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .data import MalformedRowError
-    from .train import Preempted, train
+    from .train import DeviceUnavailable, Preempted, train
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # ranks sharing this host (torchrun)
     if "OMP_NUM_THREADS" not in os.environ and local_world > 1:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rectrain-train: {e}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
-    except (MalformedRowError, FileNotFoundError) as e:
+    except (MalformedRowError, FileNotFoundError, DeviceUnavailable) as e:
         print(f"rectrain-train: {e}", file=sys.stderr)
         return exit_codes.FAILED
     finally:

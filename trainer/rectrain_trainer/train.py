@@ -50,6 +50,10 @@ torch.sparse.check_sparse_tensor_invariants.disable()
 # rectrain_api.exit_codes.
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device the configuration asks for is not there (exit code: a failure, retried)."""
+
+
 class Preempted(Exception):
     def __init__(self, step: int, checkpoint: str | None):
         super().__init__(f"stopped by SIGTERM at step {step}" + (f", checkpoint {checkpoint}" if checkpoint else ""))
@@ -82,7 +86,9 @@ def _pick_device(cfg: TrainerConfig, denv: DistEnv) -> torch.device:
     want = cfg.training.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ConfigError("invalid trainer configuration:\n  training.device: cuda requested but no CUDA device is available")
+            # The spec asked for GPUs and got a node without a working one: a node fault, not a
+            # configuration error, so a gang restart (perhaps elsewhere) may fix it.
+            raise DeviceUnavailable("training.device: cuda requested but this process sees no CUDA device (driver or node fault?)")
         count = torch.cuda.device_count()
         index = denv.local_rank % count
         if denv.local_rank >= count > 1:
