@@ -16,10 +16,8 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from pydantic import ValidationError
 
 from rectrain_api import job as api
-from rectrain_api.errors import describe
 from rectrain_api.timestamps import fmt_time
 
 log = logging.getLogger("rectrain.cluster")
@@ -46,15 +44,11 @@ def load_client() -> client.ApiClient:
 class ChildError(Exception):
     """Creating or deleting a child failed (the reconciler posts an Event and retries)."""
 
-    def __init__(self, verb: str, kind: str, name: str, exc: Exception):
+    def __init__(self, verb: str, kind: str, name: str, exc: ApiException):
         self.verb, self.kind, self.name = verb, kind, name
-        if isinstance(exc, ApiException):
-            self.status = exc.status
-            body = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
-            self.detail = _message(body) or exc.reason
-        else:  # the typed client validates bodies itself (pydantic) before sending them
-            self.status = 422
-            self.detail = describe(exc, skip_argument=True)
+        self.status = exc.status
+        body = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
+        self.detail = _message(body) or exc.reason
         super().__init__(f"{verb} {kind} {name}: {self.detail}")
 
     @property
@@ -170,8 +164,6 @@ class Cluster:
             if exc.status == 409 and "already exists" in str(exc.body):
                 self._replace_if_stale(obj)
                 return False
-            raise ChildError("create", kind, meta["name"], exc) from exc
-        except ValidationError as exc:
             raise ChildError("create", kind, meta["name"], exc) from exc
         return True
 

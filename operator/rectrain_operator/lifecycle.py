@@ -44,6 +44,7 @@ from rectrain_api import exit_codes
 from rectrain_api import job as api
 from rectrain_api.errors import describe
 from rectrain_api.timestamps import fmt_time, parse_time
+from rectrain_api.validation import schema_messages
 
 from rectrain_operator import builders, elastic
 from rectrain_operator.elastic import Placement, ProbeView
@@ -393,7 +394,9 @@ def _parse_spec(obs: Observation) -> tuple[api.RecTrainJobSpec | None, list[str]
     try:
         spec = api.RecTrainJobSpec.model_validate(obs.spec)
         errors = builders.validate(spec, builders.JobRef(obs.name, obs.namespace, obs.uid))
-    except Exception as exc:  # pydantic.ValidationError, but never crash on bad input
+    except ValidationError as exc:  # the messages every other validation path gives
+        spec, errors = None, schema_messages(exc, "spec.")
+    except Exception as exc:  # never crash on bad input
         spec, errors = None, [f"spec: {describe(exc)}"]
     if obs.rejected:
         errors = [*errors, obs.rejected]
