@@ -75,6 +75,7 @@ def test_sigterm_reaches_every_local_rank_which_checkpoint_and_exit_143(tmp_path
     for rank in (0, 1):
         assert f"[rank{rank}]:" in out and f"rank={rank} rectrain.train: stopped by SIGTERM" in out, out[-3000:]
     assert latest_checkpoint(str(tmp_path / "ckpt")) is not None, f"no complete checkpoint after SIGTERM:\n{out[-3000:]}"
+    assert "FutureWarning" not in out and "UserWarning" not in out, f"a Python warning in the ranks' logs:\n{out[-3000:]}"
 
 
 class OutputReader(threading.Thread):

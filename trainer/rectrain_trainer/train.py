@@ -17,6 +17,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -363,7 +364,12 @@ def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> tup
     for table in dlrm.sparse_parameters():
         dist.broadcast(table.data, src=0)
     # The model's buffers are constants (row offsets, pair indices): no broadcast per forward.
-    return DDP(dlrm, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False), dlrm
+    # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, which older torch (the GPU
+    # hosts' 2.11) lacks: keep the argument both understand, without a warning in every rank's log.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+        ddp = DDP(dlrm, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    return ddp, dlrm
 
 
 def _resume(run: _Run) -> LoopState:
