@@ -19,6 +19,7 @@ COPY operator/ operator/
 COPY trainer/ trainer/
 COPY localcluster/ localcluster/
 COPY plugin/ plugin/
+COPY sdk/ sdk/
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # ---------------------------------------------------------------- operator virtualenv

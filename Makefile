@@ -21,7 +21,7 @@ help:
 	@echo "make setup         venv + pinned packages + kubectl/helm + control-plane build (cached)"
 	@echo "make cluster       start the local cluster (KUBECONFIG=.rectrain/kubeconfig)"
 	@echo "make cluster-down  stop it"
-	@echo "make crd           regenerate crds/ from the API types"
+	@echo "make crd           regenerate crds/, the chart's CRD and docs/trainer.md from the API types"
 
 # A fresh Debian has python3 but may lack venv/pip.
 system-python:
@@ -31,8 +31,12 @@ system-python:
 
 $(STAMP): pyproject.toml requirements/constraints.txt | system-python
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing Python packages (pinned) into $(VENV)"
-	@$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[$(EXTRAS)]'
+	@echo "installing Python packages (pinned) into $(VENV); the first time downloads torch and takes a few minutes"
+	@# Progress: on a terminal pip's own download bars; elsewhere (CI, a log) a line per package and
+	@# no bars, without pip's "Requirement already satisfied" lines.
+	@set -o pipefail; pip=( $(PY) -m pip install --disable-pip-version-check -c requirements/constraints.txt -e '.[$(EXTRAS)]' ); \
+	if [ -t 1 ]; then "$${pip[@]}"; \
+	else "$${pip[@]}" --progress-bar off | { grep -v '^Requirement already satisfied' || true; }; fi
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)

@@ -35,6 +35,10 @@ MANAGED_BY = "rectrain-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+# Gang scheduling (spec.scheduling.gang): how a rank pod names its PodGroup.
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"  # gang volcano
+COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"  # gang coscheduling (scheduler-plugins)
+GANG_POLICIES = ("none", "volcano", "coscheduling")
 
 # Pod labels and annotations users may not set in spec.pod: the operator selects and counts its pods
 # by them (and Kueue forms the gang from them), so a user value would break that.
@@ -139,16 +143,47 @@ def spot_node_terms(spot: SpotPolicy) -> list[dict[str, str]]:
 
 
 class Scheduling(_Model):
-    """Where and how rank pods are scheduled."""
+    """Where and how rank pods are scheduled, and how the gang is admitted as a whole.
 
-    schedulerName: str | None = Field(None, description="Scheduler for rank pods (e.g. a gang scheduler); empty means the default scheduler.")
-    priorityClassName: str | None = Field(None, description="PriorityClass of rank pods.")
+    One home per concept: `gang` picks the gang scheduler (and its PodGroup), `schedulerName` is the
+    scheduler that places the pods (empty: the gang scheduler's usual name, else the default
+    scheduler), `queueName` is the one queue (a Volcano Queue with gang volcano, else a Kueue LocalQueue)."""
+
+    gang: Literal["none", "volcano", "coscheduling"] = Field(
+        "none",
+        description=(
+            "Gang scheduler that places all rank pods of an attempt or none of them. none: no PodGroup; "
+            "volcano: a scheduling.volcano.sh/v1beta1 PodGroup, pods scheduled by volcano; coscheduling: a "
+            "scheduling.x-k8s.io/v1alpha1 PodGroup of the scheduler-plugins coscheduling plugin, pods scheduled by "
+            "scheduler-plugins-scheduler. minMember is the rank pods of the attempt (elastic.minReplicas for an elastic job)."
+        ),
+    )
+    scheduleTimeoutSeconds: int | None = Field(
+        None, ge=1, description="gang coscheduling only: how long the plugin waits for the whole gang before it gives up on the pods it holds (PodGroup spec.scheduleTimeoutSeconds)."
+    )
+    schedulerName: str | None = Field(
+        None,
+        description=(
+            "Scheduler for rank pods. Empty: 'volcano' with gang volcano, 'scheduler-plugins-scheduler' with gang "
+            "coscheduling, else the default scheduler. Set it when the gang scheduler runs under another name."
+        ),
+    )
+    priorityClassName: str | None = Field(None, description="PriorityClass of rank pods (and of a Volcano PodGroup).")
     nodeSelector: dict[str, str] = Field(default_factory=dict, description="Node labels every rank pod requires.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Extra tolerations of rank pods.")
     queueName: str | None = Field(
         None,
-        description="Kueue LocalQueue; when set, rank pods form a Kueue pod group (labels kueue.x-k8s.io/queue-name, pod-group-name, annotation pod-group-total-count).",
+        description=(
+            "The queue of the job. With gang volcano: the Volcano Queue of its PodGroup (empty: volcano's default queue). "
+            "Otherwise a Kueue LocalQueue: rank pods form a Kueue pod group (labels kueue.x-k8s.io/queue-name, "
+            "pod-group-name, annotation pod-group-total-count)."
+        ),
     )
+
+    @property
+    def kueue_queue(self) -> str | None:
+        """The Kueue LocalQueue of the pods (queueName, unless it names a Volcano queue)."""
+        return self.queueName if self.gang != "volcano" else None
 
 
 class RestartBackoff(_Model):
@@ -178,6 +213,21 @@ class RunPolicy(_Model):
         None, ge=1, description="Fail the job (reason DeadlineExceeded) when it has been active this long; resuming from suspension resets the clock."
     )
     suspend: bool = Field(False, description="true deletes the rank pods and sets phase Suspended; false again recreates them. Not a failure.")
+    keepFailedPodsSeconds: int = Field(
+        600, ge=0, description=(
+            "After a gang restart, the failed attempt's pods that ended by themselves (the failing rank's among them) are "
+            "kept, stopped, so that `kubectl logs` works on them, until the next attempt runs or at most this many seconds "
+            "after the failure. 0 deletes them with the restart. The ranks still running at the failure are stopped by deletion."
+        ),
+    )
+    rendezvousTimeoutSeconds: int | None = Field(
+        None, ge=0, description=(
+            "Watchdog: when no first training step is reported (status.progress, by rank 0, after a step every rank took "
+            "part in) this many seconds after all ranks of an attempt run, the job gets condition Stalled and the gang "
+            "restarts, counted as a failure against backoffLimit. 0 disables it. Empty: 600 for the built-in trainer, "
+            "disabled for a custom spec.command (it may not report progress)."
+        ),
+    )
 
 
 class NcclConfig(_Model):
@@ -258,6 +308,21 @@ class RecTrainJobSpec(_Model):
 
     image: str = Field(..., min_length=1, description="Container image with the rectrain trainer (entrypoint rectrain-train).")
     imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy of rank pods.")
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Your own program instead of the built-in trainer, in exec form like a container's command "
+            "(e.g. [python, /app/train.py] or [torchrun, /app/train.py]). It gets the same rendezvous environment "
+            "(MASTER_*, WORLD_SIZE, RANK, torchrun's PET_*, NCCL, threads, RECTRAIN_JOB_NAME/NAMESPACE, "
+            "RECTRAIN_CHECKPOINT_DIR) and reports progress with the rectrain_report SDK. With procsPerReplica > 1 "
+            "start one process per local rank yourself: torchrun reads PET_*. Empty: the built-in trainer. "
+            "See docs/custom-scripts.md."
+        ),
+    )
+    args: list[str] | None = Field(
+        None, description="Arguments appended to spec.command (or to the built-in trainer's command when command is empty)."
+    )
     replicas: int = Field(1, ge=1, le=1024, description="Rank pods (nodes in torchrun terms); all of them form one gang.")
     gpusPerReplica: int = Field(
         0, ge=0, le=16, description="nvidia.com/gpu per pod; also the trainer processes per pod. 0 means a CPU job."
@@ -269,7 +334,10 @@ class RecTrainJobSpec(_Model):
     resources: Resources = Field(default_factory=Resources, description="CPU/memory of each rank pod.")
     trainer: TrainerConfig = Field(
         default_factory=TrainerConfig,
-        description="Trainer configuration, passed unchanged to every rank as JSON in RECTRAIN_TRAINER_CONFIG.",
+        description=(
+            "Trainer configuration, passed unchanged to every rank as JSON in RECTRAIN_TRAINER_CONFIG. With spec.command "
+            "only checkpoint.directory may be set (it becomes RECTRAIN_CHECKPOINT_DIR); other fields are refused."
+        ),
     )
     spot: SpotPolicy = Field(default_factory=SpotPolicy, description="Spot/preemptible capacity.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduler, priority, node selection and Kueue queue.")
@@ -279,6 +347,11 @@ class RecTrainJobSpec(_Model):
     elastic: ElasticPolicy | None = Field(
         None, description="Shrink and grow between minReplicas and maxReplicas rank pods with the capacity there is; spec.replicas is then not used."
     )
+
+    @property
+    def custom_command(self) -> bool:
+        """The pods run the user's own program (spec.command), not the built-in trainer."""
+        return self.command is not None
 
     @property
     def procs(self) -> int:
@@ -342,6 +415,14 @@ class RecTrainJobStatus(_Model):
     phase: Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"] | None = Field(
         None, description="Pending, Running (all ranks running), Restarting (gang restart after backoff), Succeeded, Failed or Suspended."
     )
+    reason: str | None = Field(
+        None,
+        description=(
+            "Why the job is in its phase, in one word: the reason of its newest true condition (e.g. InvalidSpec, "
+            "BackoffLimitExceeded, AllRanksRunning); the REASON column of kubectl get rtj -o wide."
+        ),
+    )
+    message: str | None = Field(None, description="That condition's message: what happened, in words (the MESSAGE column of -o wide).")
     replicas: int | None = Field(None, ge=0, description="Rank pods of the current attempt (its size; the world size is this x procs).")
     desiredReplicas: int | None = Field(
         None, ge=0, description="Rank pods the job aims for: spec.replicas, or elastic.maxReplicas for an elastic job."

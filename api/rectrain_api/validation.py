@@ -19,9 +19,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rectrain_api.job import (
+    COSCHEDULING_GROUP_LABEL,
     KUEUE_COUNT_ANNOTATION,
     KUEUE_GROUP_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -31,6 +32,7 @@ from rectrain_api.job import (
     PodOverrides,
     RecTrainJob,
     RecTrainJobSpec,
+    VOLCANO_GROUP_ANNOTATION,
     spot_node_terms,
 )
 from rectrain_api.quantity import QUANTITY_PATTERN
@@ -123,14 +125,55 @@ def check_spec(spec: RecTrainJobSpec, name: str | None = None) -> list[str]:
     return [
         *([] if name is None else _name_rules(name, spec.desired_replicas)),
         *_process_rules(spec),
-        *_gpu_rules(spec),
-        *check_trainer(spec.trainer, prefix=TRAINER_IN_SPEC),
-        *_port_rules(spec),
+        *(_custom_command_rules(spec) if spec.custom_command else _builtin_trainer_rules(spec)),
         *_spot_rules(spec),
         *_volume_rules(spec.pod),
         *_reserved_metadata_rules(spec.pod),
         *_elastic_rules(spec),
+        *_gang_rules(spec),
     ]
+
+
+def _builtin_trainer_rules(spec: RecTrainJobSpec) -> list[str]:
+    return [*_gpu_rules(spec), *check_trainer(spec.trainer, prefix=TRAINER_IN_SPEC), *_port_rules(spec)]
+
+
+# The one trainer field a custom command uses: it becomes RECTRAIN_CHECKPOINT_DIR.
+CUSTOM_COMMAND_TRAINER_FIELDS = ("checkpoint.directory",)
+
+
+def _custom_command_rules(spec: RecTrainJobSpec) -> list[str]:
+    """spec.command runs the user's program, which never reads the trainer section: a trainer field
+    given anyway would silently do nothing, so it is refused (checkpoint.directory excepted). Compared
+    with the defaults, not by what was written: the API server fills every default in."""
+    return [
+        f"{TRAINER_IN_SPEC}{path}: has no effect with spec.command (your program gets no trainer configuration); "
+        f"remove it (only {TRAINER_IN_SPEC}checkpoint.directory applies, as RECTRAIN_CHECKPOINT_DIR)"
+        for path in _changed_fields(spec.trainer, TrainerConfig())
+        if path not in CUSTOM_COMMAND_TRAINER_FIELDS
+    ]
+
+
+def _changed_fields(model: BaseModel, default: BaseModel, at: str = "") -> list[str]:
+    """Dotted paths of the leaf fields of `model` whose values differ from `default`'s."""
+    paths = []
+    for name in type(model).model_fields:
+        value, default_value = getattr(model, name), getattr(default, name)
+        if isinstance(value, BaseModel) and default_value is None:
+            # An optional section the API server filled in as {} plus its defaults is still unset.
+            default_value = _defaults_of(type(value))
+        if isinstance(value, BaseModel) and isinstance(default_value, BaseModel):
+            paths += _changed_fields(value, default_value, f"{at}{name}.")
+        elif value != default_value:
+            paths.append(f"{at}{name}")
+    return paths
+
+
+def _defaults_of(model: type[BaseModel]) -> BaseModel | None:
+    try:
+        return model()
+    except ValidationError:  # it has required fields: any value was given on purpose
+        return None
 
 
 def longest_hostname(name: str, replicas: int) -> str:
@@ -174,7 +217,8 @@ def _elastic_rules(spec: RecTrainJobSpec) -> list[str]:
         errors.append(f"spec.elastic.minReplicas: {elastic.minReplicas} exceeds spec.elastic.maxReplicas {elastic.maxReplicas}")
     if not spec.trainer.checkpoint.directory:
         errors.append(f"{TRAINER_IN_SPEC}checkpoint.directory: required with spec.elastic (each resize resumes from a checkpoint)")
-    if spec.trainer.training.globalBatchSize is None:
+    # A custom program keeps its global batch constant itself (it sees WORLD_SIZE at every size).
+    if spec.trainer.training.globalBatchSize is None and not spec.custom_command:
         errors.append(
             f"{TRAINER_IN_SPEC}training.globalBatchSize: required with spec.elastic (the global batch stays the same at every size; "
             f"e.g. {spec.trainer.training.batchSize * spec.world_size} = batchSize x ranks at maxReplicas)"
@@ -262,6 +306,22 @@ def _reserved_metadata_rules(pod: PodOverrides) -> list[str]:
     for key in sorted(pod.annotations):
         if key in RESERVED_ANNOTATIONS:
             errors.append(f"spec.pod.annotations: {key!r} is set by the operator; remove it{_kueue_hint(key)}")
+    return errors
+
+
+def _gang_rules(spec: RecTrainJobSpec) -> list[str]:
+    """spec.scheduling.gang: the pod-group key it sets is the operator's, and scheduleTimeoutSeconds
+    exists only in the coscheduling plugin's PodGroup (silently ignoring it would mislead)."""
+    scheduling, errors = spec.scheduling, []
+    if scheduling.scheduleTimeoutSeconds is not None and scheduling.gang != "coscheduling":
+        errors.append(
+            f"spec.scheduling.scheduleTimeoutSeconds: only used with spec.scheduling.gang coscheduling "
+            f"(gang is {scheduling.gang}; Volcano and Kueue have no per-group timeout)"
+        )
+    if scheduling.gang == "coscheduling" and COSCHEDULING_GROUP_LABEL in spec.pod.labels:
+        errors.append(f"spec.pod.labels: {COSCHEDULING_GROUP_LABEL!r} is set by the operator with spec.scheduling.gang coscheduling; remove it")
+    if scheduling.gang == "volcano" and VOLCANO_GROUP_ANNOTATION in spec.pod.annotations:
+        errors.append(f"spec.pod.annotations: {VOLCANO_GROUP_ANNOTATION!r} is set by the operator with spec.scheduling.gang volcano; remove it")
     return errors
 
 

@@ -251,6 +251,9 @@ class LocalCluster:
                     f"--service-account-signing-key-file={pki.sa_key}",
                     f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
                     f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                    # No kube-proxy here, so a Service's ClusterIP leads nowhere: the API server calls
+                    # admission webhooks (and aggregated APIs) at an endpoint's pod IP instead.
+                    "--enable-aggregator-routing=true",
                     "--allow-privileged=true",
                     f"--cert-dir={self.pki_dir / 'apiserver-generated'}",
                     "--v=0",

@@ -12,10 +12,12 @@ from decimal import Decimal
 from typing import Any
 
 from rectrain_api import job as api
-from rectrain_api.job import KUEUE_COUNT_ANNOTATION, KUEUE_GROUP_LABEL, KUEUE_QUEUE_LABEL, SPOT_PRESETS, spot_node_terms
+from rectrain_api.job import SPOT_PRESETS, spot_node_terms
 from rectrain_api.quantity import parse_quantity
-from rectrain_api.trainer_config import JOB_NAME_ENV, JOB_NAMESPACE_ENV, TRAINER_CONFIG_ENV
+from rectrain_api.trainer_config import CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, TRAINER_CONFIG_ENV
 from rectrain_api.validation import check_spec
+
+from rectrain_operator import podgroup
 
 CONTAINER_NAME = "trainer"
 TRAINER_COMMAND = ["rectrain-train"]
@@ -144,8 +146,9 @@ def omp_threads(spec: api.RecTrainJobSpec) -> int:
 
 
 def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, size: int | None = None) -> list[dict[str, Any]]:
-    """Rendezvous (plain torch.distributed and torchrun PET_*), NCCL, threads, job identity, trainer
-    config, for rank pod `rank` of a gang of `size` pods (default: the size the job aims for)."""
+    """Rendezvous (plain torch.distributed and torchrun PET_*), NCCL, threads, job identity, checkpoint
+    directory, trainer config (built-in trainer only), for rank pod `rank` of a gang of `size` pods
+    (default: the size the job aims for). A custom spec.command gets the same, less the trainer config."""
     procs = spec.procs
     size = spec.desired_replicas if size is None else size
     addr = master_addr(ref)
@@ -174,7 +177,10 @@ def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, size: int | Non
     env.update(spec.nccl.env)
     env[JOB_NAME_ENV] = ref.name
     env[JOB_NAMESPACE_ENV] = ref.namespace
-    env[TRAINER_CONFIG_ENV] = spec.trainer.model_dump_json(exclude_none=True)
+    if spec.trainer.checkpoint.directory:
+        env[CHECKPOINT_DIR_ENV] = spec.trainer.checkpoint.directory
+    if not spec.custom_command:
+        env[TRAINER_CONFIG_ENV] = spec.trainer.model_dump_json(exclude_none=True)
     out = [{"name": k, "value": v} for k, v in env.items()]
     overrides = {e.name for e in spec.pod.env}
     out = [e for e in out if e["name"] not in overrides]
@@ -183,7 +189,11 @@ def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, size: int | Non
 
 
 def trainer_command(spec: api.RecTrainJobSpec) -> list[str]:
-    """One rank per pod runs the trainer itself; several run under torchrun, one process per GPU."""
+    """The container's command. spec.command runs as given: with several ranks per pod it starts them
+    itself (torchrun reads the PET_* variables). The built-in trainer runs alone with one rank per
+    pod, else under rectrain-launch (torchrun), one process per GPU."""
+    if spec.command is not None:
+        return list(spec.command)
     if spec.procs > 1:
         return [*LAUNCHER_COMMAND, *TRAINER_COMMAND]
     return list(TRAINER_COMMAND)
@@ -262,12 +272,8 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop"
 def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int, size: int | None = None) -> dict[str, Any]:
     """The Pod of one rank in one gang attempt of `size` rank pods (default: the size the job aims for)."""
     size = spec.desired_replicas if size is None else size
-    our_labels = {api.LABEL_RANK: str(rank), api.LABEL_ATTEMPT: str(attempt)}
-    our_annotations: dict[str, str] = {}
-    if spec.scheduling.queueName:
-        our_labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queueName
-        our_labels[KUEUE_GROUP_LABEL] = f"{ref.name}-a{attempt}"
-        our_annotations[KUEUE_COUNT_ANNOTATION] = str(size)
+    gang_labels, our_annotations = podgroup.pod_metadata(spec, ref.name, attempt, size)
+    our_labels = {api.LABEL_RANK: str(rank), api.LABEL_ATTEMPT: str(attempt), **gang_labels}
     meta = _meta(ref, pod_name(ref, rank, attempt), our_labels)
     # Our labels and annotations win over the user's: the operator selects, counts and gangs its
     # pods by them. (Validation refuses user values for these keys; this holds without it too.)
@@ -283,6 +289,7 @@ def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int, s
         "image": spec.image,
         "imagePullPolicy": spec.imagePullPolicy,
         "command": trainer_command(spec),
+        **({"args": list(spec.args)} if spec.args else {}),
         "env": build_env(spec, ref, rank, size),
         "ports": [{"name": "rendezvous", "containerPort": spec.masterPort, "protocol": "TCP"}],
         "resources": _resources(spec),
@@ -292,7 +299,7 @@ def build_pod(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, attempt: int, s
         # A failing trainer's last log lines become the pod's termination message, and so the job's.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.trainer.reporting.metricsPort:
+    if spec.trainer.reporting.metricsPort and not spec.custom_command:  # the built-in trainer serves it
         container["ports"].append({"name": "metrics", "containerPort": spec.trainer.reporting.metricsPort, "protocol": "TCP"})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -320,8 +327,9 @@ def _placement(spec: api.RecTrainJobSpec) -> dict[str, Any]:
         placement["affinity"] = affinity
     if spec.scheduling.nodeSelector:
         placement["nodeSelector"] = dict(spec.scheduling.nodeSelector)
-    if spec.scheduling.schedulerName:
-        placement["schedulerName"] = spec.scheduling.schedulerName
+    scheduler = podgroup.scheduler_name(spec)
+    if scheduler:
+        placement["schedulerName"] = scheduler
     if spec.scheduling.priorityClassName:
         placement["priorityClassName"] = spec.scheduling.priorityClassName
     if spec.pod.imagePullSecrets:
@@ -333,6 +341,13 @@ def build_pods(spec: api.RecTrainJobSpec, ref: JobRef, attempt: int, ranks: list
                size: int | None = None) -> list[dict[str, Any]]:
     size = spec.desired_replicas if size is None else size
     return [build_pod(spec, ref, r, attempt, size) for r in (range(size) if ranks is None else ranks)]
+
+
+def build_podgroup(spec: api.RecTrainJobSpec, ref: JobRef, attempt: int, size: int | None = None) -> dict[str, Any] | None:
+    """The PodGroup of one attempt (rectrain_operator.podgroup); None without spec.scheduling.gang."""
+    size = spec.desired_replicas if size is None else size
+    return podgroup.build(spec, ref.name, ref.namespace, attempt, size, podgroup.pod_requests(_resources(spec)),
+                          owner_reference(ref), labels(ref))
 
 
 # A capacity probe only has to be placed and hold its room; `sleep` is in every trainer image.

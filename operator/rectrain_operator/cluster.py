@@ -20,6 +20,8 @@ from kubernetes.client.rest import ApiException
 from rectrain_api import job as api
 from rectrain_api.timestamps import fmt_time
 
+from rectrain_operator.podgroup import GroupKind
+
 log = logging.getLogger("rectrain.cluster")
 
 
@@ -52,6 +54,11 @@ class ChildError(Exception):
         super().__init__(f"{verb} {kind} {name}: {self.detail}")
 
     @property
+    def rejection(self) -> str:
+        """Why the job fails when this child is invalid (the Failed condition's message)."""
+        return f"{self.kind} {self.name} is invalid: {self.detail}"
+
+    @property
     def invalid(self) -> bool:
         """The API server refused the object itself (422 Invalid / 400): retrying cannot help."""
         return self.verb == "create" and self.status in (400, 422) and not self.transient
@@ -75,6 +82,23 @@ def _message(body: Any) -> str | None:
         return None
 
 
+class GangApiMissing(ChildError):
+    """The cluster does not serve the PodGroup API of spec.scheduling.gang (its CRD is not installed):
+    no retry helps until someone installs it, so the job fails before any pod exists."""
+
+    def __init__(self, name: str, crd_hint: str, exc: ApiException):
+        super().__init__("create", "PodGroup", name, exc)
+        self.detail = crd_hint
+
+    @property
+    def invalid(self) -> bool:
+        return True
+
+    @property
+    def rejection(self) -> str:
+        return self.detail
+
+
 # kind -> (API prefix, resource) of the children the operator creates, reads and deletes.
 _RESOURCES = {
     "Pod": ("/api/v1", "pods"),
@@ -85,6 +109,10 @@ _RESOURCES = {
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
 }
 _JOBS = f"/apis/{api.GROUP}/{api.VERSION}"
+
+
+def _podgroup_path(kind: GroupKind, namespace: str, name: str | None = None) -> str:
+    return f"/apis/{kind.api_version}/namespaces/{namespace}/{kind.plural}" + (f"/{name}" if name else "")
 
 
 def _path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -198,6 +226,68 @@ class Cluster:
             if exc.status == 404:
                 return False
             raise ChildError("delete", kind, name, exc) from exc
+        return True
+
+    # ------------------------------------------------------------------------ podgroups
+
+    def create_podgroup(self, obj: dict[str, Any], kind: GroupKind, crd_hint: str) -> bool:
+        """Create a gang scheduler's PodGroup; True when created, False when it was there already.
+        A cluster that does not serve the PodGroup API raises GangApiMissing (the job fails: no pod is
+        created), one that forbids it a ChildError whose message points at the chart value."""
+        meta = obj["metadata"]
+        path = _podgroup_path(kind, meta["namespace"])
+        try:
+            self._request("POST", path, obj)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise GangApiMissing(meta["name"], crd_hint, exc) from exc
+            if exc.status == 403:
+                exc.body = json.dumps({"message": f"{_message(exc.body) or exc.reason} (the operator's RBAC needs "
+                                                  f"gangScheduling.enabled=true in the Helm chart values)"})
+            if exc.status == 409 and "already exists" in str(exc.body):
+                self._replace_podgroup_if_stale(obj, kind)
+                return False
+            raise ChildError("create", "PodGroup", meta["name"], exc) from exc
+        return True
+
+    def _replace_podgroup_if_stale(self, obj: dict[str, Any], kind: GroupKind) -> None:
+        """A PodGroup of the same name left by an earlier job of the same name is not adopted (as _replace_if_stale)."""
+        meta = obj["metadata"]
+        existing = self.get_podgroup(kind, meta["namespace"], meta["name"])
+        owners = {ref.get("uid") for ref in ((existing or {}).get("metadata") or {}).get("ownerReferences") or []}
+        if existing is not None and not owners & {ref["uid"] for ref in meta["ownerReferences"]}:
+            self.delete_podgroup(kind, meta["namespace"], meta["name"])
+            raise ChildError("create", "PodGroup", meta["name"],
+                             ApiException(status=409, reason="replacing a stale PodGroup left by an earlier job of the same name"))
+
+    def get_podgroup(self, kind: GroupKind, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PodGroup, or None when it (or its API) does not exist."""
+        try:
+            return self._request("GET", _podgroup_path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_podgroups(self, kind: GroupKind, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The job's PodGroups (every attempt's); none when the API does not exist."""
+        try:
+            answer = self._request("GET", _podgroup_path(kind, namespace),
+                                   query=[("labelSelector", f"{api.LABEL_JOB_NAME}={job_name}")])
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise ChildError("list", "PodGroup", job_name, exc) from exc
+        return answer.get("items") or []
+
+    def delete_podgroup(self, kind: GroupKind, namespace: str, name: str) -> bool:
+        """Delete a PodGroup; False when it was already gone."""
+        try:
+            self._request("DELETE", _podgroup_path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise ChildError("delete", "PodGroup", name, exc) from exc
         return True
 
     # --------------------------------------------------------------------------- events

@@ -46,7 +46,7 @@ from rectrain_api.errors import describe
 from rectrain_api.timestamps import fmt_time, parse_time
 from rectrain_api.validation import schema_messages
 
-from rectrain_operator import builders, elastic
+from rectrain_operator import builders, elastic, podgroup
 from rectrain_operator.elastic import Placement, ProbeView
 
 # Container waiting reasons that never resolve by themselves: an application failure.
@@ -83,6 +83,7 @@ class PodView:
     exit_code: int | None = None  # trainer container's terminated exit code
     container_reason: str | None = None  # e.g. Error, OOMKilled, Completed
     disruption: str | None = None  # reason of a DisruptionTarget=True condition
+    disruption_message: str | None = None  # and its message (who reclaimed or evicted the pod, and why)
     waiting_reason: str | None = None  # trainer container's waiting reason (e.g. InvalidImageName)
     deleted_at: datetime | None = None  # metadata.deletionTimestamp (when the grace period ends)
     started_at: datetime | None = None  # when the trainer container started (running or terminated state)
@@ -114,10 +115,11 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         waiting = (c.get("state") or {}).get("waiting")
         if waiting and waiting_reason is None:
             waiting_reason = waiting.get("reason")
-    disruption = None
+    disruption = disruption_message = None
     for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             disruption = cond.get("reason") or "DisruptionTarget"
+            disruption_message = cond.get("message")
     return PodView(
         name=meta.get("name", ""),
         rank=rank,
@@ -129,6 +131,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         exit_code=exit_code,
         container_reason=container_reason,
         disruption=disruption,
+        disruption_message=disruption_message,
         waiting_reason=waiting_reason,
         deleted_at=parse_time(meta.get("deletionTimestamp")),
         started_at=started_at,
@@ -149,6 +152,7 @@ class Observation:
     created: datetime | None = None  # metadata.creationTimestamp
     rejected: str | None = None  # the API server refused a child as invalid (e.g. a bad pod volume)
     probes: list[ProbeView] = field(default_factory=list)  # an elastic job's capacity probes
+    gang: podgroup.GangState | None = None  # the current attempt's PodGroup (spec.scheduling.gang), when read
 
 
 # ----------------------------------------------------------------------------------- outputs
@@ -228,6 +232,17 @@ def set_condition(
     return out
 
 
+def headline(conditions: list[api.Condition], phase: str | None) -> tuple[str | None, str | None]:
+    """Reason and message of the condition that explains the job now (status.reason/message, the
+    -o wide columns): the newest true condition; of those that turned true in the same second, the
+    one named like the phase, else the later in the list."""
+    candidates = [(c.lastTransitionTime or "", c.type == phase, i, c) for i, c in enumerate(conditions) if c.status == "True"]
+    if not candidates:
+        return None, None
+    newest = max(candidates, key=lambda entry: entry[:3])[3]
+    return newest.reason, newest.message
+
+
 def condition(conditions: list[api.Condition], type_: str) -> api.Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
@@ -275,6 +290,8 @@ def classify(pod: PodView, spot: bool) -> Failure | None:
     def fail(cause: Literal["preemption", "failure"], reason: str, message: str) -> Failure:
         return Failure(cause, pod.rank, reason, pod.exit_code, message)
 
+    if pod.deleting and (pod.disruption or pod.reason in PREEMPTION_REASONS):
+        return fail("preemption", *_eviction(pod, spot))
     if pod.deleting:
         return fail("preemption", "PodDeleted", f"pod {pod.name} is being deleted by someone other than the operator")
     if pod.phase == "Unknown":
@@ -292,6 +309,16 @@ def classify(pod: PodView, spot: bool) -> Failure | None:
     if pod.exit_code is not None:
         return _classify_exit(pod, pod.exit_code, spot)
     return fail("failure", pod.reason or "PodFailed", f"pod {pod.name} failed: {pod.message or 'no exit code'}")
+
+
+def _eviction(pod: PodView, spot: bool) -> tuple[str, str]:
+    """(reason, message) of a rank pod being evicted: the DisruptionTarget condition (or pod reason) says
+    who and why, e.g. TerminationByCloudProvider (a spot reclaim), EvictionByEvictionAPI (a drain),
+    DeletionByTaintManager (a NoExecute taint), PreemptionByScheduler (a higher-priority pod)."""
+    reason = pod.disruption or pod.reason or "Evicted"
+    what = "spot capacity reclaimed" if spot and reason == "TerminationByCloudProvider" else "evicted"
+    detail = pod.disruption_message or pod.message
+    return reason, f"pod {pod.name} (rank {pod.rank}) {what}: {reason}{f': {detail}' if detail else ''}"
 
 
 def _classify_exit(pod: PodView, code: int, spot: bool) -> Failure:
@@ -339,8 +366,25 @@ def decide(obs: Observation) -> Decision:
     status = _read_status(current)  # a fresh copy: the handlers change it, never obs.status
     d = _decide(obs, status)
     d.actions += _probe_actions(obs, status, d.spec)
+    _gang_condition(obs, status, d.spec)
+    status.reason, status.message = headline(status.conditions, status.phase)
     d.status = _changed(current, status)
     return d
+
+
+def _gang_condition(obs: Observation, status: _Status, spec: api.RecTrainJobSpec | None) -> None:
+    """GangScheduled: what the gang scheduler says about the attempt's PodGroup, so that `kubectl
+    describe` explains why a gang waits (Pending, Inqueue, ...). Running ranks settle it."""
+    if spec is None or spec.scheduling.gang == "none" or status.phase not in ("Pending", "Running"):
+        return
+    name = podgroup.group_name(obs.name, status.attempt)
+    if status.phase == "Running":
+        value, reason, message = True, "PodsRunning", f"all ranks of PodGroup {name} run"
+    elif obs.gang is not None:  # read by the reconciler while Pending
+        value, reason, message = podgroup.condition(obs.gang, name)
+    else:
+        return
+    status.conditions = set_condition(status.conditions, "GangScheduled", value, reason, message, obs.now)
 
 
 def _owned_fields(raw: dict[str, Any]) -> dict[str, Any]:
@@ -427,19 +471,30 @@ def _active(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Dec
         return _resize(obs, status, spec)
     gang = _Gang.observe(obs.pods, status.attempt, size)
     failures = _failures(gang, status, spec)
+    stall = None if failures else _watch_rendezvous(obs, status, spec, gang)
+    if isinstance(stall, Failure):
+        d = _gang_failure(obs, status, spec, [stall], gang)
+        d.actions.insert(0, Event("Warning", STALLED, stall.message))
+        return d
     if failures:
         return _gang_failure(obs, status, spec, failures, gang)
     resized = _elastic_resize(obs, status, spec, gang)
     if resized is not None:
         return resized
     _counts(status, gang.current, spec)
-    d = Decision(actions=_tidy_up(gang, status.attempt), spec=spec)
+    kept = set() if gang.all_up or gang.all_succeeded else _kept_pods(obs, status, spec, attempt=status.attempt - 1)
+    d = Decision(actions=_tidy_up(gang, status.attempt, kept), spec=spec)
     if gang.all_succeeded:
         return _succeed(obs, status, gang, d)
     if gang.all_up and status.phase != "Running":
         _mark_running(obs, status, gang, d)
+        if rendezvous_timeout(spec) > 0:  # the watchdog's first look
+            stall = float(rendezvous_timeout(spec)) + REQUEUE_SLACK_SECONDS
     d.requeue_after = _elastic_settle_requeue(obs, status, spec, gang)
     _deadline_requeue(d, spec, status, obs.now)
+    _keep_requeue(d, status, spec, kept, obs.now)
+    if isinstance(stall, float):
+        d.requeue_after = _min(d.requeue_after, stall)
     return d
 
 
@@ -449,14 +504,19 @@ def _restarting(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) ->
     if interrupted is not None:
         return interrupted
     _counts(status, [], spec)
-    if obs.pods or obs.probes:  # wait until the old gang is gone (its hostnames are reused, its room too)
-        return _await_deletion(obs, spec)
+    # Wait until the old gang is gone (its hostnames are reused, its room too); the failed attempt's
+    # pods that ended by themselves hold neither and are kept (for their logs) until the next attempt runs.
+    kept = _kept_pods(obs, status, spec)
+    if any(p.name not in kept for p in obs.pods) or obs.probes:
+        return _await_deletion(obs, spec, keep=kept)
     after = parse_time(status.restartAfter) or obs.now
     if obs.now < after:
         return Decision(spec=spec, requeue_after=(after - obs.now).total_seconds() + REQUEUE_SLACK_SECONDS)
     attempt = status.attempt + 1
     event = Event("Normal", "Restarted", f"creating {_gang_size(status, spec)} rank pods (attempt {attempt})")
-    return _start_attempt(obs, status, spec, attempt, event)
+    d = _start_attempt(obs, status, spec, attempt, event)
+    _keep_requeue(d, status, spec, kept, obs.now)
+    return d
 
 
 def _suspended(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Decision:
@@ -631,9 +691,9 @@ def _invalid_spec(obs: Observation, status: _Status, spec: api.RecTrainJobSpec |
     return d
 
 
-def _await_deletion(obs: Observation, spec: api.RecTrainJobSpec) -> Decision:
-    """Keep deleting the old gang; force-delete pods stuck terminating (their node is gone)."""
-    live = tuple(p.name for p in [*obs.pods, *obs.probes] if not p.deleting)
+def _await_deletion(obs: Observation, spec: api.RecTrainJobSpec, keep: set[str] | frozenset[str] = frozenset()) -> Decision:
+    """Keep deleting the old gang (but the pods in `keep`); force-delete pods stuck terminating (their node is gone)."""
+    live = tuple(p.name for p in [*obs.pods, *obs.probes] if not p.deleting and p.name not in keep)
     stuck = tuple(
         p.name for p in obs.pods
         if p.deleting and p.deleted_at is not None and (obs.now - p.deleted_at).total_seconds() > FORCE_DELETE_AFTER_SECONDS
@@ -717,6 +777,61 @@ def _probe_actions(obs: Observation, status: _Status, spec: api.RecTrainJobSpec 
     return actions
 
 
+# ------------------------------------------------------------------------- rendezvous watchdog
+
+DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS = 600
+STALLED = "Stalled"
+
+
+def rendezvous_timeout(spec: api.RecTrainJobSpec) -> int:
+    """runPolicy.rendezvousTimeoutSeconds; when empty, the default for the built-in trainer and off for a
+    custom command (it need not report progress). 0: no watchdog."""
+    timeout = spec.runPolicy.rendezvousTimeoutSeconds
+    if timeout is None:
+        return 0 if spec.custom_command else DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS
+    return timeout
+
+
+def _watch_rendezvous(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, gang: _Gang) -> Failure | float | None:
+    """The rendezvous watchdog of a Running attempt: a Failure (RendezvousTimeout) when no training step
+    was reported within the timeout after every rank ran; else the seconds until it could be, or None.
+
+    What "reported" means: status.progress written during this attempt (updatedTime not before the last
+    rank's container started). Rank 0 alone writes it, from its training loop, which it enters only once
+    every rank joined the process group (the rendezvous waits for all), so one report proves every rank
+    joined; none cannot say which rank is missing: every rank pod runs, and the operator reads no logs
+    (each rank that joined logs 'joined: rank r of W'). Clears Stalled once an attempt reports."""
+    timeout = rendezvous_timeout(spec)
+    running = condition(status.conditions, "Running")
+    if status.phase != "Running" or not gang.all_up or running is None or running.status != "True":
+        return None
+    # Two clocks: the report's time is compared with the ranks' start (both the nodes' clocks), the
+    # timeout counts from the moment the operator saw all ranks run (its own clock, like obs.now).
+    ran_since = parse_time(running.lastTransitionTime) or obs.now
+    started = max((p.started_at for p in gang.current if p.started_at is not None), default=ran_since)
+    progress = obs.status.get("progress") if isinstance(obs.status.get("progress"), dict) else {}
+    reported_at = parse_time(progress.get("updatedTime"))
+    if reported_at is not None and reported_at >= started:
+        stalled = condition(status.conditions, STALLED)
+        if stalled is not None and stalled.status == "True":
+            status.conditions = set_condition(status.conditions, STALLED, False, "Progressing",
+                                              f"attempt {status.attempt} reported training steps", obs.now)
+        return None
+    if timeout <= 0:
+        return None
+    waited = (obs.now - ran_since).total_seconds()
+    if waited < timeout:
+        return timeout - waited + REQUEUE_SLACK_SECONDS
+    pods = gang.replicas
+    ranks = f"rank pods 0-{pods - 1}" if pods > 1 else "rank pod 0"
+    message = (f"rendezvous stalled: no training step reported {timeout}s after all {pods} rank pods ran "
+               f"(attempt {status.attempt}); not confirmed to have joined: {ranks} (world size {pods * spec.procs}; "
+               f"rank 0 reports only after a step every rank takes part in; a rank that joined logs "
+               f"'joined: rank r of W')")
+    status.conditions = set_condition(status.conditions, STALLED, True, "RendezvousTimeout", message, obs.now)
+    return Failure("failure", 0, "RendezvousTimeout", None, message)
+
+
 # ------------------------------------------------------------------------------ gang failures
 
 
@@ -748,10 +863,10 @@ class _Gang:
                 and all(phase in ("Running", "Succeeded") for phase in phases))
 
 
-def _tidy_up(gang: _Gang, attempt: int) -> list[Action]:
-    """Delete pods of earlier attempts; (re)create missing ranks of this one (AlreadyExists is fine)."""
+def _tidy_up(gang: _Gang, attempt: int, keep: set[str]) -> list[Action]:
+    """Delete pods of earlier attempts (but the kept ones); (re)create missing ranks of this one (AlreadyExists is fine)."""
     actions: list[Action] = []
-    stale = tuple(p.name for p in gang.stale if not p.deleting)
+    stale = tuple(p.name for p in gang.stale if not p.deleting and p.name not in keep)
     if stale:
         actions.append(DeletePods(stale))
     if gang.missing:
@@ -825,11 +940,42 @@ def _restart_gang(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, 
     status.conditions = set_condition(status.conditions, "Restarting", True, reason, message, now)
     status.conditions = _clear_condition(status.conditions, "Running", reason, first.message, now)
     _counts(status, gang.current, spec)
-    live = tuple(p.name for p in gang.current + gang.stale if not p.deleting)
+    kept = _kept_pods(obs, status, spec)
+    live = tuple(p.name for p in gang.current + gang.stale if not p.deleting and p.name not in kept)
     actions: list[Action] = [DeletePods(live)] if live else []
     actions.append(Event("Warning", reason, message))
     return Decision(actions=actions, requeue_after=max(delay, 0.0) + REQUEUE_SLACK_SECONDS, spec=spec,
                     restart_cause=first.cause)
+
+
+def _ended(pod: PodView) -> bool:
+    return pod.phase in ("Succeeded", "Failed") and not pod.deleting
+
+
+def _keep_until(status: _Status, spec: api.RecTrainJobSpec) -> datetime | None:
+    """Until when the last failed attempt's ended pods are kept (runPolicy.keepFailedPodsSeconds after the failure)."""
+    failed_at = parse_time(status.lastFailure.time) if status.lastFailure else None
+    if failed_at is None or spec.runPolicy.keepFailedPodsSeconds <= 0:
+        return None
+    return failed_at + timedelta(seconds=spec.runPolicy.keepFailedPodsSeconds)
+
+
+def _kept_pods(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, attempt: int | None = None) -> set[str]:
+    """The names of the failed attempt's pods kept for `kubectl logs`: those that ended by themselves (the
+    failing rank's among them; a running pod can only be stopped by deleting it), until the limit.
+    `attempt`: the failed attempt (default: the current one, at the failure and while Restarting)."""
+    until = _keep_until(status, spec)
+    if until is None or obs.now >= until:
+        return set()
+    attempt = status.attempt if attempt is None else attempt
+    return {p.name for p in obs.pods if p.attempt == attempt and _ended(p)}
+
+
+def _keep_requeue(d: Decision, status: _Status, spec: api.RecTrainJobSpec, kept: set[str], now: datetime) -> None:
+    """Look again when the kept pods' time is up (no pod event comes then)."""
+    until = _keep_until(status, spec)
+    if kept and until is not None:
+        d.requeue_after = _min(d.requeue_after, max(0.0, (until - now).total_seconds()) + REQUEUE_SLACK_SECONDS)
 
 
 # ----------------------------------------------------------------------------------- helpers

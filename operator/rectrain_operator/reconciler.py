@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 
-from rectrain_operator import builders, elastic, lifecycle
+from rectrain_operator import builders, elastic, lifecycle, podgroup
 from rectrain_operator.cluster import ChildError, Cluster
 from rectrain_operator.metrics import Metrics
 
@@ -209,6 +209,7 @@ class Reconciler:
             created=lifecycle.parse_time(meta.get("creationTimestamp")),
             rejected=rejected,
             probes=probes,
+            gang=self._gang_state(job),
         )
         decision = lifecycle.decide(obs)
         # Status first: if we die after it, the next pass repeats the (idempotent) actions instead
@@ -244,7 +245,7 @@ class Reconciler:
                     self._count(namespace, decision)
                     if patched is not None:
                         patched.result()  # this pass's status lands before the next pass reads it
-                    return self._reconcile(namespace, name, now, rejected=f"{exc.kind} {exc.name} is invalid: {exc.detail}")
+                    return self._reconcile(namespace, name, now, rejected=exc.rejection)
                 retry = CHILD_RETRY_SECONDS if exc.transient else CHILD_ERROR_RETRY_SECONDS
                 if _token_pending(exc):
                     retry = TOKEN_RETRY_SECONDS
@@ -267,6 +268,7 @@ class Reconciler:
             pods = builders.build_pods(spec, ref, action.attempt, list(action.ranks), action.size)
             if not pods:
                 return
+            self._ensure_podgroup(spec, ref, action.attempt, action.size)  # before any pod: no half gang
             # The first create alone: while the job's ServiceAccount has no token yet (a new job) the API
             # server refuses every pod the same way, so fail fast instead of sending all of them, and
             # retry just that create until the token is there (usually tens of milliseconds).
@@ -305,6 +307,13 @@ class Reconciler:
             targets += [("Service", builders.service_name(ref)), ("RoleBinding", account), ("Role", account),
                         ("ServiceAccount", account)]
             failed: list[ChildError] = []
+            group_kind = podgroup.kind_for(spec) if spec is not None else None
+            if group_kind is not None:
+                try:
+                    for group in self.cluster.list_podgroups(group_kind, ref.namespace, ref.name):
+                        self.cluster.delete_podgroup(group_kind, ref.namespace, group["metadata"]["name"])
+                except ChildError as exc:
+                    failed.append(exc)
             for kind, name in targets:  # try them all, report the first failure
                 try:
                     self.cluster.delete(kind, ref.namespace, name)
@@ -314,6 +323,35 @@ class Reconciler:
                 raise failed[0]
         else:
             raise TypeError(action)
+
+    def _gang_state(self, job: dict[str, Any]) -> podgroup.GangState | None:
+        """The current attempt's PodGroup, for the GangScheduled condition: read only while a gang job
+        is Pending (one GET more per such pass), None otherwise or when it cannot be read."""
+        status = job.get("status") or {}
+        if status.get("phase") != "Pending":
+            return None
+        gang = ((job.get("spec") or {}).get("scheduling") or {}).get("gang")
+        kind = podgroup.KINDS.get(gang) if isinstance(gang, str) else None
+        if kind is None:
+            return None
+        meta = job["metadata"]
+        try:
+            name = podgroup.group_name(meta["name"], int(status.get("attempt") or 0))
+            return podgroup.read_state(self.cluster.get_podgroup(kind, meta["namespace"], name))
+        except Exception as exc:  # only a condition depends on it: never fail the pass
+            log.warning("job %s/%s: could not read its PodGroup: %s", meta["namespace"], meta["name"], exc)
+            return None
+
+    def _ensure_podgroup(self, spec: Any, ref: builders.JobRef, attempt: int, size: int) -> None:
+        """The attempt's PodGroup (spec.scheduling.gang), and no PodGroup of an earlier attempt."""
+        group = builders.build_podgroup(spec, ref, attempt, size)
+        kind = podgroup.kind_for(spec)
+        if group is None or kind is None:
+            return
+        self.cluster.create_podgroup(group, kind, podgroup.missing_api_message(spec))
+        for old in self.cluster.list_podgroups(kind, ref.namespace, ref.name):
+            if podgroup.attempt_of(old) != attempt:
+                self.cluster.delete_podgroup(kind, ref.namespace, old["metadata"]["name"])
 
     def _create_first(self, pod: dict[str, Any]) -> None:
         deadline = time.monotonic() + TOKEN_WAIT_SECONDS

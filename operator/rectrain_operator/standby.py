@@ -69,6 +69,70 @@ def own_identity() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}/{os.getpid()}/{rnd}"
 
 
+def _peering_crd(plural: str, kind: str, scope: str) -> dict[str, Any]:
+    """kopf's peering CRD, as the Helm chart's templates/peering.yaml installs it."""
+    schema = {"type": "object", "properties": {"status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "kopf"}},
+        "spec": {"scope": scope, "group": GROUP,
+                 "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                 "versions": [{"name": VERSION, "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}]},
+    }
+
+
+def ensure_peering(api_client: client.ApiClient, name: str, namespaces: list[str] | None, timeout: float = 30.0) -> None:
+    """Create the peering CRD and object(s) this operator joins when they are missing and it may (with
+    an admin's kubeconfig, as `make demo` runs it). Under the Helm chart's RBAC they exist (the chart
+    creates them) and nothing is tried. Whatever fails here, Standby stands by until the object exists."""
+    custom = client.CustomObjectsApi(api_client)
+    kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
+    for scope in namespaces or [None]:
+        where = f" in {scope}" if scope else ""
+        try:
+            listed = (custom.list_namespaced_custom_object(GROUP, VERSION, scope, NAMESPACED_PLURAL, field_selector=f"metadata.name={name}")
+                      if scope else custom.list_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, field_selector=f"metadata.name={name}"))
+            if listed.get("items"):
+                continue
+        except ApiException as exc:
+            if exc.status != 404 or not _create_peering_crd(api_client, scope is not None):
+                log.info("peering objects cannot be read (%s %s); standing by until they can", exc.status, exc.reason)
+                return
+        if _create_peering_object(custom, name, scope, timeout):
+            log.info("created the peering object %s %r%s", kind, name, where)
+        else:
+            log.info("peering object %s %r%s is missing and this operator may not create it: standing by until it exists",
+                     kind, name, where)
+
+
+def _create_peering_crd(api_client: client.ApiClient, namespaced: bool) -> bool:
+    plural, kind, scope = (NAMESPACED_PLURAL, "KopfPeering", "Namespaced") if namespaced else (CLUSTER_PLURAL, "ClusterKopfPeering", "Cluster")
+    try:
+        client.ApiextensionsV1Api(api_client).create_custom_resource_definition(_peering_crd(plural, kind, scope))
+        log.info("created the peering CRD %s.%s", plural, GROUP)
+    except ApiException as exc:
+        if exc.status != 409:  # 409: created meanwhile
+            return False
+    return True
+
+
+def _create_peering_object(custom: client.CustomObjectsApi, name: str, scope: str | None, timeout: float) -> bool:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "KopfPeering" if scope else "ClusterKopfPeering", "metadata": {"name": name}}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if scope is None:
+                custom.create_cluster_custom_object(GROUP, VERSION, CLUSTER_PLURAL, body)
+            else:
+                custom.create_namespaced_custom_object(GROUP, VERSION, scope, NAMESPACED_PLURAL, body)
+            return True
+        except ApiException as exc:
+            if exc.status == 404 and time.monotonic() < deadline:  # a new CRD is not served at once
+                time.sleep(0.5)
+                continue
+            return exc.status == 409  # 409: created meanwhile
+
+
 @dataclass(frozen=True)
 class Peer:
     identity: str

@@ -7,6 +7,9 @@
     kubectl rectrain describe NAME [-n NS]              phase, conditions, restarts vs preemptions, progress, events
     kubectl rectrain logs NAME [-n NS] [--rank N]       a rank's output (the API's pod log; on the local
                                                         cluster, the node agent's copy when the API has none)
+    kubectl rectrain suspend NAME [-n NS]               stop its rank pods (they checkpoint); phase Suspended
+    kubectl rectrain resume NAME [-n NS]                start it again (a new attempt, from the checkpoint)
+    kubectl rectrain delete NAME [-n NS] [--wait]       delete it; its pods, Service and RBAC go with it
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from kubernetes import client, config
 from tqdm import tqdm
 
 from rectrain_api.validation import check_manifest
+
+from rectrain_kubectl.logs import missing_log_reason
 
 GROUP, VERSION, PLURAL, KIND = "rectrain.io", "v1alpha1", "rectrainjobs", "RecTrainJob"
 FINISHED = ("Succeeded", "Failed")
@@ -310,8 +315,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         selector += f",{LABEL_ATTEMPT}={args.attempt}"
     pods = core.list_namespaced_pod(namespace, label_selector=selector).items
     if not pods:
-        return _fail(f"{args.name}: no pod of rank {args.rank}" + (f" attempt {args.attempt}" if args.attempt is not None else "")
-                     + " (not created yet, or deleted after ttlSecondsAfterFinished)")
+        return _fail(f"{args.name}: no pod for {missing_log_reason(job, args.rank, args.attempt)}")
     newest = max(pods, key=lambda p: int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0)))
     pod = newest.metadata.name
     if not newest.spec.node_name:  # the API server answers an empty log for a pod no node runs
@@ -324,6 +328,72 @@ def cmd_logs(args: argparse.Namespace) -> int:
     text = text or ""
     sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return 0
+
+
+# ------------------------------------------------------------------------------ delete, suspend, resume
+
+
+def _missing(namespace: str, name: str) -> int:
+    return _fail(f"{namespace}/{name}: no RecTrainJob of that name (`kubectl rectrain list -n {namespace}` shows them)", 3)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete the job; Kubernetes then deletes its pods, Service and RBAC (the job owns them)."""
+    api, namespace = _api(args.kubeconfig), _namespace(args)
+    try:
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+    except client.ApiException as exc:
+        return _missing(namespace, args.name) if exc.status == 404 else _fail(f"{namespace}/{args.name}: {_api_error(exc)}")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while True:
+            try:
+                api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+            except client.ApiException as exc:
+                if exc.status == 404:
+                    break
+                raise
+            if time.monotonic() > deadline:
+                return _fail(f"{namespace}/{args.name}: still there after {args.timeout:.0f}s (a finalizer of a stopped operator?)", 2)
+            time.sleep(0.5)
+    print(f"rectrainjob.{GROUP}/{args.name} deleted (namespace {namespace}); its pods, Service and RBAC go with it")
+    return 0
+
+
+def _set_suspend(args: argparse.Namespace, suspend: bool) -> int:
+    """Patch spec.runPolicy.suspend, after checking that it changes something the operator acts on."""
+    api, namespace = _api(args.kubeconfig), _namespace(args)
+    try:
+        job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name)
+    except client.ApiException as exc:
+        return _missing(namespace, args.name) if exc.status == 404 else _fail(f"{namespace}/{args.name}: {_api_error(exc)}")
+    verb = "suspend" if suspend else "resume"
+    phase = (job.get("status") or {}).get("phase")
+    if phase in FINISHED:
+        return _fail(f"{namespace}/{args.name}: cannot {verb} it: it has {phase} (a finished job keeps its outcome; "
+                     f"delete it and submit it again to run it anew)")
+    if bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend")) == suspend:
+        print(f"rectrainjob.{GROUP}/{args.name} is already {'suspended' if suspend else 'not suspended'} (namespace {namespace})")
+        return 0
+    try:
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, args.name, {"spec": {"runPolicy": {"suspend": suspend}}},
+                                           _content_type="application/merge-patch+json")
+    except client.ApiException as exc:
+        return _missing(namespace, args.name) if exc.status == 404 else _fail(f"{namespace}/{args.name}: {_api_error(exc)}")
+    if suspend:
+        detail = "the operator stops its rank pods (SIGTERM: the trainer checkpoints first); phase Suspended, not a failure"
+    else:
+        detail = "the operator starts a new attempt of its rank pods, from the newest checkpoint when there is one"
+    print(f"rectrainjob.{GROUP}/{args.name} {'suspended' if suspend else 'resumed'} (namespace {namespace}): {detail}")
+    return 0
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    return _set_suspend(args, True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _set_suspend(args, False)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -356,12 +426,21 @@ def parser() -> argparse.ArgumentParser:
     logging_.add_argument("--rank", type=int, default=0)
     logging_.add_argument("--attempt", type=int, default=None, help="default: the newest attempt")
     logging_.add_argument("--tail", type=int, default=0, help="last N lines only")
+    deleting = commands.add_parser("delete", parents=[common], help="delete a job with its pods, Service and RBAC")
+    deleting.add_argument("name")
+    deleting.add_argument("--wait", action="store_true", help="return once the job is gone")
+    deleting.add_argument("--timeout", type=float, default=60, help="with --wait: give up after this many seconds")
+    suspending = commands.add_parser("suspend", parents=[common], help="stop a job's rank pods (they checkpoint); resume continues it")
+    suspending.add_argument("name")
+    resuming = commands.add_parser("resume", parents=[common], help="start a suspended job again")
+    resuming.add_argument("name")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"submit": cmd_submit, "list": cmd_list, "watch": cmd_watch, "describe": cmd_describe, "logs": cmd_logs}
+    commands = {"submit": cmd_submit, "list": cmd_list, "watch": cmd_watch, "describe": cmd_describe, "logs": cmd_logs,
+                "delete": cmd_delete, "suspend": cmd_suspend, "resume": cmd_resume}
     try:
         return commands[args.command](args)
     except config.ConfigException as exc:

@@ -117,7 +117,8 @@ def test_default_render(tmp_path):
     docs = render(tmp_path)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["ClusterKopfPeering", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-                     "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+                     "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Secret", "Service", "Service",
+                     "ServiceAccount", "ValidatingWebhookConfiguration"]  # the webhook's: test_helm_webhook.py
     (dep,) = by_kind(docs, "Deployment")
     spec = dep["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
@@ -127,24 +128,26 @@ def test_default_render(tmp_path):
     assert "command" not in c  # the image's ENTRYPOINT runs rectrain-operator
     assert "--metrics-port=8080" in c["args"] and "--liveness-endpoint=http://0.0.0.0:8081/healthz" in c["args"]
     assert not any(a.startswith("--namespace") for a in c["args"])  # all namespaces
-    # Peering: a ClusterKopfPeering named after the release (all namespaces), created by the chart.
-    assert {"--peering=rel-rectrain-operator", "--priority=0", "--peering-lifetime=60"} <= set(c["args"])
+    # Peering: the ClusterKopfPeering "rectrain-operator" (all namespaces), created by the chart.
+    # The name every rectrain-operator joins by default (not the release's), and a priority above a
+    # hand-started operator's 0: one started by `make demo` stands by beside this one.
+    assert {"--peering=rectrain-operator", "--priority=100", "--peering-lifetime=60"} <= set(c["args"])
     assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     (peering,) = by_kind(docs, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "rel-rectrain-operator"
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "rectrain-operator"
     assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
     assert sorted(crds) == ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
     assert crds["clusterkopfpeerings.kopf.dev"]["spec"]["scope"] == "Cluster"
     assert crds["kopfpeerings.kopf.dev"]["spec"]["scope"] == "Namespaced"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "healthz": 8081}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "healthz": 8081, "webhook": 9443}
     sc, psc = c["securityContext"], pod["securityContext"]
     assert psc["runAsNonRoot"] is True and psc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
     assert pod["serviceAccountName"] == "rel-rectrain-operator"
-    (svc,) = by_kind(docs, "Service")
+    (svc,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "rel-rectrain-operator-metrics"]
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     roles = {r["metadata"]["name"]: rules_of(r) for r in by_kind(docs, "ClusterRole")}
@@ -191,11 +194,11 @@ def test_peering_values(tmp_path):
     assert {"--peering=rectrain-ha", "--priority=100", "--peering-lifetime=20"} <= set(c["args"])
     assert [p["metadata"]["name"] for p in by_kind(docs, "ClusterKopfPeering")] == ["rectrain-ha"]
     assert not by_kind(docs, "CustomResourceDefinition")
-    # Disabled: standalone as before -- no flags, objects, CRDs or rights for peering.
+    # Disabled: standalone (the operator's own default is peering) -- no objects, CRDs or rights for peering.
     docs = render(tmp_path, {"peering": {"enabled": False}})
     (dep,) = by_kind(docs, "Deployment")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert not any(a.startswith(("--peering", "--priority")) for a in c["args"])
+    assert not any(a.startswith(("--peering", "--priority")) for a in c["args"]) and "--standalone" in c["args"]
     assert not any(e["name"] == "POD_ID" for e in c["env"])
     assert not [d for d in docs if d["kind"] in (*PEERING_KINDS, "CustomResourceDefinition")]
     assert {r["metadata"]["name"]: rules_of(r) for r in by_kind(docs, "ClusterRole")}["rectrain-system-rel-rectrain-operator"] == EXPECTED_RULES
@@ -229,7 +232,8 @@ def test_service_monitor_needs_the_metrics_service(tmp_path):
     assert result.returncode != 0 and "metrics.serviceMonitor.enabled needs metrics.service.enabled" in result.stderr
     # Without either, no Service and no ServiceMonitor are rendered.
     docs = render(tmp_path, {"metrics": {"service": {"enabled": False}}})
-    assert not by_kind(docs, "Service") and not by_kind(docs, "ServiceMonitor")
+    assert [s["metadata"]["name"] for s in by_kind(docs, "Service")] == ["rel-rectrain-operator-webhook"]
+    assert not by_kind(docs, "ServiceMonitor")
 
 
 # ------------------------------------------------------------------------------------ on the cluster
@@ -271,7 +275,7 @@ def test_clusterwide_install_grants_least_privilege(kubeconfig, namespace, k8s_a
         assert rules_of(k8s_api.sanitize_for_serialization(role)) == {**EXPECTED_RULES, **CLUSTER_PEERING_RULES}
         # The peering CRDs (when missing) and the ClusterKopfPeering come from the chart's hooks.
         assert client.CustomObjectsApi(k8s_api).get_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings", f"{release}-rectrain-operator")
+            "kopf.dev", "v1", "clusterkopfpeerings", "rectrain-operator")
         assert rbac.read_cluster_role_binding(name).subjects[0].namespace == namespace
         sa = f"system:serviceaccount:{namespace}:{release}-rectrain-operator"
         for verb, resource in [("create", "pods"), ("watch", "rectrainjobs.rectrain.io"), ("patch", "rectrainjobs.rectrain.io/status"),
@@ -291,13 +295,43 @@ def test_clusterwide_install_grants_least_privilege(kubeconfig, namespace, k8s_a
         # Hooks outlive the release (documented): clean up the cluster-scoped peering object.
         try:
             client.CustomObjectsApi(k8s_api).delete_cluster_custom_object(
-                "kopf.dev", "v1", "clusterkopfpeerings", f"{release}-rectrain-operator")
+                "kopf.dev", "v1", "clusterkopfpeerings", "rectrain-operator")
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
     with pytest.raises(client.ApiException) as err:
         client.RbacAuthorizationV1Api(k8s_api).read_cluster_role(f"{namespace}-{release}-rectrain-operator")
     assert err.value.status == 404
+
+
+def _create_refused(harness, name: str, trainer: dict) -> str | None:
+    """The admission message when creating this job is refused; None (and the job deleted) when it was
+    admitted, e.g. while the webhook's pod is not serving yet (failurePolicy Ignore)."""
+    from kubernetes import client
+
+    try:
+        harness.create_job(name, replicas=1, trainer=trainer)
+    except client.ApiException as exc:
+        if "denied the request" in (exc.body or ""):
+            return exc.body
+        raise
+    from rectrain_api import job as api
+
+    harness.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, harness.ns, api.PLURAL, name)
+    wait_for(lambda: not _exists(harness, name), timeout=30, what=f"job {name} to go")
+    return None
+
+
+def _exists(harness, name: str) -> bool:
+    from kubernetes import client
+
+    try:
+        harness.job(name)
+        return True
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
 
 
 def operator_pod(core, namespace: str, release: str):
@@ -324,6 +358,8 @@ def test_install_runs_the_operator_and_upgrade_rolls_it(kubeconfig, namespace, k
     other = f"{namespace[:50]}-b"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other, labels={"rectrain.io/test": "true"})))
     try:
+        # The chart's admission webhook (on by default) is called by the API server at the operator pod's
+        # address (the local API server routes to endpoints: there is no kube-proxy).
         values = write_values(tmp_path, {"watchNamespaces": [namespace], "operator": {"resyncSeconds": 5, "workers": 2}})
         out = helm("install", release, str(CHART), "-n", namespace, "-f", values, kubeconfig=kubeconfig).stdout
         assert f"It watches: {namespace}." in out  # NOTES.txt
@@ -339,6 +375,11 @@ def test_install_runs_the_operator_and_upgrade_rolls_it(kubeconfig, namespace, k
                  timeout=60, what="the Deployment to be available")
 
         h = Harness(k8s_api, namespace)
+        # A spec only the cross-field rules refuse: the webhook refuses it at create, naming the field.
+        fp16_on_cpu = {"training": {"precision": "fp16", "device": "cpu"}}
+        refused = wait_for(lambda: _create_refused(h, "fp16-on-cpu", fp16_on_cpu), timeout=60,
+                           what="the chart's webhook to refuse fp16 on CPU")
+        assert "spec.trainer.training.precision" in refused
         h.create_job("via-helm", replicas=2)
         status = h.wait_phase("via-helm", "Pending", timeout=60)
         assert status["replicas"] == 2
@@ -348,7 +389,8 @@ def test_install_runs_the_operator_and_upgrade_rolls_it(kubeconfig, namespace, k
 
         # Upgrade: a second namespace, --verbose; Recreate rolls the single pod.
         values = write_values(tmp_path, {"watchNamespaces": [namespace, other], "extraArgs": ["--verbose"],
-                                         "operator": {"resyncSeconds": 5, "workers": 2}}, "v2.yaml")
+                                         "operator": {"resyncSeconds": 5, "workers": 2}},
+                                "v2.yaml")
         helm("upgrade", release, str(CHART), "-n", namespace, "-f", values, kubeconfig=kubeconfig)
         history = json.loads(helm("history", release, "-n", namespace, "-o", "json", kubeconfig=kubeconfig).stdout)
         assert [r["revision"] for r in history] == [1, 2] and history[-1]["status"] == "deployed"

@@ -137,7 +137,7 @@ def test_peering_under_the_charts_rbac(kubeconfig, k8s_api, namespace, crd_insta
         assert peering_rules == [{"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["list", "watch", "patch"]}]
         (dep,) = [d for d in docs if d["kind"] == "Deployment"]
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert f"--peering={name}" in args and "--priority=0" in args
+        assert f"--peering={name}" in args and "--priority=100" in args
         op = Operator(str(path), namespace, tmp_path / "operator.log", extra_args=peering_args(name, 0))
         try:
             op.start()
@@ -152,3 +152,35 @@ def test_peering_under_the_charts_rbac(kubeconfig, k8s_api, namespace, crd_insta
             op.kill()
         log = op.log_path.read_text()
         assert "forbidden" not in log.lower() and " 403" not in log, log[-3000:]
+
+
+def test_a_hand_started_operator_stands_by_beside_the_charts(kubeconfig, k8s_api, namespace, crd_installed, harness, tmp_path):
+    """`make demo`'s operator (no peering flags: it joins the default peering, which it creates) and then
+    the chart's (its Deployment's args): one acts, the other stands by, and each action happens once."""
+    from rtj_harness import Operator
+
+    docs = render_chart(f"p{uuid.uuid4().hex[:5]}", namespace, f"watchNamespaces={{{namespace}}}")
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    chart_args = [a for a in dep["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith(("--peering", "--priority"))]
+    assert "--peering=rectrain-operator" in chart_args and "--priority=100" in chart_args
+    demo = Operator(kubeconfig, namespace, tmp_path / "demo.log", default_peering=True)
+    chart = Operator(kubeconfig, namespace, tmp_path / "chart.log", extra_args=chart_args)
+    try:
+        demo.start()
+        wait_for(lambda: active(demo), timeout=30, what="the demo's operator active while alone")
+        chart.start()
+        wait_for(lambda: active(chart) and not active(demo), timeout=30, what="the chart's operator active, the demo's standing by")
+        harness.create_job("once", replicas=2)
+        harness.wait_pods("once", 2, attempt=0)
+        harness.run_all("once", 0)
+        harness.wait_phase("once", "Running")
+        for pod in harness.pods("once", 0):
+            harness.exit(pod.metadata.name, 0)
+        harness.wait_phase("once", "Succeeded")
+        wait_for(lambda: reconciles(chart) >= 3, timeout=30, what="a few more reconciles (resyncs) of the active one")
+        reasons = [reason for _, reason, _ in harness.events("once")]
+        assert reasons.count("Created") == 1 and reasons.count("Succeeded") == 1, reasons
+        assert reconciles(demo) == 0
+    finally:
+        chart.kill()
+        demo.kill()

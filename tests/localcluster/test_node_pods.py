@@ -108,3 +108,8 @@ def test_terminated_status_and_message_policy():
     assert termination_message(pod(), 1, "boom", None) == ""  # default policy File: no log fallback
     assert termination_message(pod(terminationMessagePolicy="FallbackToLogsOnError"), 1, "boom", None) == "boom"
     assert termination_message(pod(terminationMessagePolicy="FallbackToLogsOnError"), 0, "fine", None) == ""
+    # A kubelet's limits on the log fallback: the last 80 lines, at most 2048 bytes.
+    lines = "\n".join(f"line {i}" for i in range(200))
+    tail = termination_message(pod(terminationMessagePolicy="FallbackToLogsOnError"), 1, lines, None)
+    assert tail.splitlines() == [f"line {i}" for i in range(120, 200)]
+    assert len(termination_message(pod(terminationMessagePolicy="FallbackToLogsOnError"), 1, "x" * 5000, None)) == 2048

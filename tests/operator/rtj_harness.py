@@ -57,9 +57,14 @@ def install_crd(api_client: client.ApiClient) -> None:
 class Operator:
     """`rectrain-operator` in a subprocess, stopped by PID."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, extra_args: list[str] | None = None):
+    def __init__(self, kubeconfig: str, namespace: str, log_path: Path, extra_args: list[str] | None = None,
+                 default_peering: bool = False):
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
         self.extra_args = list(extra_args or [])
+        # Tests run it standalone (a killed operator's keep-alive would hold its successor back for the
+        # peering lifetime) unless they test peering: their own --peering args, or the default.
+        if not default_peering and not any(a.startswith("--peering") for a in self.extra_args):
+            self.extra_args.append("--standalone")
         self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
 

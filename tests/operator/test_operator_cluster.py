@@ -63,12 +63,14 @@ def test_app_failure_restarts_gang_and_honours_backoff_limit(harness, operator):
     harness.exit("app-1-a0", 1)
     # The whole gang is replaced by attempt 1.
     pods = harness.wait_pods("app", 2, attempt=1)
-    wait_for(lambda: not harness.pods("app", 0), what="old gang deleted")
+    # The old gang goes, but for the crashed rank's pod: kept (stopped) for its log until attempt 1 runs.
+    wait_for(lambda: [p.metadata.name for p in harness.pods("app", 0)] == ["app-1-a0"], what="old gang deleted, the crashed rank kept")
     st = harness.status("app")
     assert (st["failures"], st["restarts"], st["preemptions"]) == (1, 1, 0)
     assert st["lastFailure"]["cause"] == "failure" and st["lastFailure"]["exitCode"] == 1
     harness.run_all("app", 1)
     harness.wait_phase("app", "Running", attempt=1)
+    wait_for(lambda: not harness.pods("app", 0), what="the kept pod deleted once attempt 1 runs")
     harness.exit(pods[0].metadata.name, 3)  # not 2: that is an invalid configuration, never retried
     st = harness.wait_phase("app", "Failed")
     assert st["failures"] == 2 and st["restarts"] == 1
@@ -182,13 +184,16 @@ def test_operator_restart_neither_duplicates_nor_orphans(harness, operator):
     harness.exit("rs-2-a0", 1)  # fails while nobody watches
     operator.start()
     pods = harness.wait_pods("rs", 4, attempt=1)
-    wait_for(lambda: len(harness.pods("rs")) == 4, what="only the new gang")
+    new_gang = {p.metadata.name for p in pods}
+    wait_for(lambda: {p.metadata.name for p in harness.pods("rs")} == new_gang | {"rs-2-a0"},
+             what="only the new gang, and the crashed rank's pod kept for its log")
     st = harness.status("rs")
     assert st["failures"] == 1 and st["restarts"] == 1
     operator.kill()
     operator.start()
     time.sleep(1.5)  # give a wrongly stateful operator the chance to create extra pods
-    assert {p.metadata.uid for p in harness.pods("rs")} == {p.metadata.uid for p in pods}
+    assert {p.metadata.uid for p in harness.pods("rs", 1)} == {p.metadata.uid for p in pods}
+    assert {p.metadata.name for p in harness.pods("rs")} == new_gang | {"rs-2-a0"}
     assert set(before).isdisjoint(p.metadata.name for p in pods)
 
 
@@ -276,10 +281,11 @@ def test_printer_columns_and_explain(harness, operator, k8s_api):
                          **{k: v for k, v in kw.items() if k != "headers"}).json()
     names = [c["name"] for c in table["columnDefinitions"]]
     assert names == ["Name", "Phase", "Ready", "Progress%", "Step", "Loss", "AUC", "Restarts", "Preemptions", "Age",
-                     "Size", "Desired", "Resizes"]
+                     "Size", "Desired", "Resizes", "Reason", "Message"]
     row = dict(zip(names, table["rows"][0]["cells"]))
     assert (row["Name"], row["Phase"], row["Ready"], row["Restarts"], row["Preemptions"]) == ("cols", "Running", "2/2", 0, 0)
     assert (row["Size"], row["Desired"]) == (2, 2), "-o wide: the gang's size and the size it aims for"
+    assert row["Reason"] == "AllRanksRunning", "-o wide: why the job is in its phase"
 
     def published():
         doc = requests.get(f"{cfg.host}/openapi/v2", **kw).json()

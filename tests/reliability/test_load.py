@@ -1,6 +1,11 @@
-"""Load: 100 small real training jobs submitted at once to the operator (under the chart's RBAC) on the
-local node. Every rank pod is a real trainer process; the pods' CPU requests let the real scheduler
-run a handful at a time and queue the rest, as a busy cluster would.
+"""Load: 50 small real two-rank training jobs submitted at once to the operator (under the chart's RBAC,
+gang scheduling enabled) on the local node. Every rank pod is a real trainer process; the pods' CPU
+requests leave the node room for 3 ranks, so at most one gang runs and the rest queue, as on a busy
+cluster. The jobs use spec.scheduling.gang coscheduling with the local node's gang binder as their
+scheduler (localcluster/rectrain_local/node/gang.py: it places a pod group whole or not at all, with
+minMember from the operator's scheduling.x-k8s.io PodGroup). Under the default scheduler, three gangs
+could each hold one of the 3 places and wait for their second rank until their rendezvous times out (a
+deadlock; with backoffLimit 0 such a job fails the test).
 
 Expect every job Succeeded with a consistent status (one attempt, no restarts, failures or preemptions,
 the right replica counts and condition times), every rank pod created exactly once and owned by its
@@ -12,21 +17,58 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from gang_support import COSCHEDULING_CRD, install_crd_file
+from jobs_support import chart_rbac_applied, render_chart
 from kubernetes import client, watch
 from rectrain_api import job as api
+from rectrain_local.node.gang import DEFAULT_SCHEDULER_NAME, quantity
 from rectrain_operator.lifecycle import parse_time
 from support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
-JOBS = 100
+JOBS = 50
+RANKS = 2
+NODE_ROOM_RANKS = 3  # the node fits 3 rank pods: one gang at a time, and room for a second one's half
 RSS_BUDGET_MB = 200
 
 
-def small_job(name: str, index: int) -> dict:
+@pytest.fixture
+def operator(k8s_api, kubeconfig, namespace, crd_installed, tmp_path):
+    """The operator under the chart's RBAC rendered with gangScheduling.enabled (rights on PodGroups),
+    and the coscheduling PodGroup CRD (tests/fixtures/crds) installed."""
+    from rtj_harness import Operator
+
+    install_crd_file(k8s_api, COSCHEDULING_CRD)
+    rbac_ns = f"rectrain-gang-{uuid.uuid4().hex[:5]}"
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=rbac_ns)))
+    try:
+        docs = render_chart(f"rel-{uuid.uuid4().hex[:5]}", rbac_ns, "gangScheduling.enabled=true")
+        with chart_rbac_applied(k8s_api, kubeconfig, docs, rbac_ns, tmp_path / "kubeconfig") as (_, _, path):
+            op = Operator(str(path), namespace, tmp_path / "operator.log").start()
+            try:
+                yield op
+            finally:
+                op.kill()
+    finally:
+        core.delete_namespace(rbac_ns)
+
+
+def rank_cpu(k8s_api) -> str:
+    """A CPU request that fits NODE_ROOM_RANKS rank pods on the (one) node, and not one more."""
+    (node,) = client.CoreV1Api(k8s_api).list_node().items
+    millis = int(quantity(node.status.allocatable["cpu"]) * 1000)
+    per_rank = millis // NODE_ROOM_RANKS
+    assert per_rank * (NODE_ROOM_RANKS + 1) > millis >= per_rank * NODE_ROOM_RANKS
+    return f"{per_rank}m"
+
+
+def small_job(name: str, index: int, cpu: str = "250m") -> dict:
     rows = 1024 + 256 * (index % 5)  # 4..8 steps of 256: jobs finish at different moments
     trainer = {
         "model": {"embeddingDim": 8, "tableSizes": [100, 200, 300, 400], "bottomMlp": [16, 8], "topMlp": [16]},
@@ -36,11 +78,13 @@ def small_job(name: str, index: int) -> dict:
     }
     spec = {
         "image": "ghcr.io/rectrain/rectrain-trainer:test",
-        "replicas": 1,
-        # A quarter of a CPU each: the scheduler runs about 8 at a time on a 2-CPU node, the rest queue.
-        "resources": {"cpu": "250m", "memory": "512Mi"},
+        "replicas": RANKS,
+        # A third of the node each (rank_cpu): one gang runs at a time, the rest queue.
+        "resources": {"cpu": cpu, "memory": "512Mi"},
         "trainer": trainer,
+        # No retry: a gang that waited for its second rank until the rendezvous timed out fails the test.
         "runPolicy": {"backoffLimit": 0},
+        "scheduling": {"gang": "coscheduling", "schedulerName": DEFAULT_SCHEDULER_NAME},
     }
     return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
 
@@ -104,10 +148,10 @@ def check_consistent(job: dict, pods: list) -> list[str]:
     name, st = job["metadata"]["name"], job.get("status") or {}
     problems = []
     progress, metrics = st.get("progress") or {}, st.get("metrics") or {}
-    expect = {"phase": "Succeeded", "attempt": 0, "restarts": 0, "failures": 0, "preemptions": 0, "replicas": 1}
+    expect = {"phase": "Succeeded", "attempt": 0, "restarts": 0, "failures": 0, "preemptions": 0, "replicas": RANKS}
     problems += [f"{k}={st.get(k)!r}, want {v!r}" for k, v in expect.items() if st.get(k) != v]
     counts = st.get("replicaCounts") or {}
-    if counts.get("succeeded") != 1 or counts.get("active", 0) or counts.get("failed", 0):
+    if counts.get("succeeded") != RANKS or counts.get("active", 0) or counts.get("failed", 0):
         problems.append(f"replicaCounts={counts}")
     if not progress.get("totalSteps") or progress.get("step") != progress.get("totalSteps") or progress.get("percent") != 100:
         problems.append(f"progress did not reach the end: {progress}")
@@ -119,8 +163,10 @@ def check_consistent(job: dict, pods: list) -> list[str]:
     times = [st.get(k) for k in ("startTime", "firstRunningTime", "completionTime")]
     if None in times or not parse_time(times[0]) <= parse_time(times[1]) <= parse_time(times[2]):
         problems.append(f"start/firstRunning/completion times out of order: {times}")
-    if [p.metadata.name for p in pods] != [f"{name}-0-a0"]:
+    if [p.metadata.name for p in pods] != [f"{name}-{r}-a0" for r in range(RANKS)]:
         problems.append(f"pods: {[p.metadata.name for p in pods]}")
+    if {p.metadata.labels.get("scheduling.x-k8s.io/pod-group") for p in pods} != {f"{name}-a0"}:
+        problems.append("pods not in the PodGroup of attempt 0")
     for p in pods:
         if not any(o.kind == api.KIND and o.name == name and o.controller for o in p.metadata.owner_references or []):
             problems.append(f"{p.metadata.name} not owned by the job")
@@ -130,8 +176,9 @@ def check_consistent(job: dict, pods: list) -> list[str]:
 
 
 @pytest.mark.timeout(1500)
-def test_hundred_jobs_at_once(harness, operator, k8s_api, namespace, pods_can_run):
+def test_fifty_two_rank_gangs_at_once(harness, operator, k8s_api, namespace, pods_can_run):
     custom = client.CustomObjectsApi(k8s_api)
+    cpu = rank_cpu(k8s_api)
     core = client.CoreV1Api(k8s_api)
     idle_rss, _ = rss_mb(operator.proc.pid)
     watcher = JobWatcher(k8s_api, namespace)
@@ -140,7 +187,7 @@ def test_hundred_jobs_at_once(harness, operator, k8s_api, namespace, pods_can_ru
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda i: custom.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, small_job(names[i], i)), range(JOBS)))
+            api.GROUP, api.VERSION, namespace, api.PLURAL, small_job(names[i], i, cpu)), range(JOBS)))
     submitted = time.monotonic() - t0
     rss_samples: list[float] = []
 
@@ -172,7 +219,7 @@ def test_hundred_jobs_at_once(harness, operator, k8s_api, namespace, pods_can_ru
         pods[p.metadata.labels[api.LABEL_JOB_NAME]].append(p)
     problems = [p for n in names for p in check_consistent(jobs[n], sorted(pods[n], key=lambda p: p.metadata.name))]
     updates = sum(len(s) for s in watcher.steps.values())
-    print(f"\nload: {JOBS} jobs submitted in {submitted:.1f} s, all Succeeded after {elapsed:.0f} s; "
+    print(f"\nload: {JOBS} {RANKS}-rank gangs ({cpu} CPU per rank) submitted in {submitted:.1f} s, all Succeeded after {elapsed:.0f} s; "
           f"{updates} distinct progress steps seen by the watch; operator RSS idle {idle_rss:.0f} MB, "
           f"max sampled {max(rss_samples):.0f} MB, peak (VmHWM) {peak:.0f} MB")
     assert not problems, "\n".join(problems[:20])

@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     reporter = None
     if denv.rank == 0 and os.environ.get(JOB_NAME_ENV) and os.environ.get(JOB_NAMESPACE_ENV):
         try:
-            from .reporter import StatusReporter, load_api_client
+            from .reporter import StatusReporter, connection
 
-            reporter = StatusReporter(load_api_client(), os.environ[JOB_NAME_ENV], os.environ[JOB_NAMESPACE_ENV],
+            reporter = StatusReporter(connection(), os.environ[JOB_NAME_ENV], os.environ[JOB_NAMESPACE_ENV],
                                       interval=cfg.reporting.progressIntervalSeconds)
         except Exception as e:  # no credentials at all: train anyway
             logging.getLogger("rectrain.reporter").warning("status reporting disabled: %s", e)

@@ -542,3 +542,69 @@ class BatchLoader:
         finally:
             stop.set()
             producer.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Device-resident training data: the GPU gathers its own batches
+# --------------------------------------------------------------------------------------------
+
+
+class DeviceTable:
+    """A Table's columns on the training device, categories hashed into table rows once:
+      label  uint8 [rows]; dense float32 [rows, numDense]; cat int32 [rows, numCat] (int64 when a
+      table has more than 2^31 rows).
+    What make_batch does on the host per batch (gather, modulo, casts, pinning, copy) becomes three
+    index_selects on the device per batch."""
+
+    CHUNK_ROWS = 1 << 20  # rows copied (and hashed) at a time: bounds the host copy and the int64 temporary
+
+    def __init__(self, table: Table, table_sizes: list[int], device: torch.device):
+        self.device = device
+        rows = len(table)
+        self.label = torch.empty(rows, dtype=torch.uint8, device=device)
+        self.dense = torch.empty(table.dense.shape, dtype=torch.float32, device=device)
+        self.cat = torch.empty(table.cat.shape, dtype=self.cat_dtype_for(table_sizes), device=device)
+        sizes = torch.tensor(table_sizes, dtype=torch.int64, device=device)
+        for start in range(0, rows, self.CHUNK_ROWS):
+            part = slice(start, min(rows, start + self.CHUNK_ROWS))
+            # np.array copies: the columns may be read-only memory maps, which torch will not wrap.
+            self.label[part] = torch.from_numpy(np.array(table.label[part], dtype=np.uint8))
+            self.dense[part] = torch.from_numpy(np.array(table.dense[part], dtype=np.float32))
+            raw = torch.from_numpy(np.array(table.cat[part], dtype=np.uint32).view(np.int32)).to(device)
+            # The uint32 bits travel as int32; & 0xFFFFFFFF in int64 recovers the value, as astype(int64) does.
+            self.cat[part] = (raw.long() & 0xFFFFFFFF) % sizes
+
+    @staticmethod
+    def cat_dtype_for(table_sizes: list[int]) -> torch.dtype:
+        return torch.int32 if max(table_sizes) <= 2**31 else torch.int64
+
+    @staticmethod
+    def nbytes(table: Table, table_sizes: list[int]) -> int:
+        """Device memory the columns take."""
+        cat_bytes = 4 if DeviceTable.cat_dtype_for(table_sizes) == torch.int32 else 8
+        return len(table) * (1 + 4 * table.dense.shape[1] + cat_bytes * table.cat.shape[1])
+
+    def batch(self, idx: np.ndarray, global_size: int) -> Batch:
+        """The rows `idx` as make_batch gives them (same order, dtypes and values), on the device."""
+        rows = torch.from_numpy(np.sort(idx).astype(np.int64))
+        if self.device.type == "cuda":
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        return Batch(self.dense.index_select(0, rows), self.cat.index_select(0, rows).long(),
+                     self.label.index_select(0, rows).float(), global_size)
+
+
+class DeviceBatchLoader:
+    """BatchLoader's batches (the same shard_indices, so the same rows at every step) gathered on
+    the device from a DeviceTable; nothing to prefetch, so it never waits (wait_seconds stays 0)."""
+
+    def __init__(self, table: DeviceTable, rows: int, global_batch: int, world_size: int, rank: int, seed: int, epoch: int,
+                 skip: int = 0):
+        self.table = table
+        self.args = (rows, global_batch, world_size, rank, seed, epoch)
+        self.skip = skip
+        self.wait_seconds = 0.0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i, (idx, global_size) in enumerate(shard_indices(*self.args)):
+            if i >= self.skip:
+                yield self.table.batch(idx, global_size)

@@ -12,6 +12,8 @@ from torch import nn
 
 from rectrain_api.trainer_config import ModelConfig
 
+from .fused_sparse import dedup_rows, row_grads_of
+
 
 def mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -28,21 +30,29 @@ def mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
 class _Lookup(torch.autograd.Function):
     """F.embedding whose sparse gradient comes out coalesced: each touched row once, in order,
     with its lookups' gradients summed. F.embedding(sparse=True) emits a row per lookup instead,
-    and every consumer (all-gather, optimizer) would pay for the duplicates and the coalescing."""
+    and every consumer (all-gather, optimizer) would pay for the duplicates and the coalescing.
+
+    When the table has a RowGrads attached (fused_sparse.attach_row_grads: one process, a fused
+    sparse optimizer), the rows and values go there instead and weight.grad stays None; on CUDA
+    they are deduplicated into fixed-size buffers, so the backward pass never waits for the host."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(ids)
         ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+        ctx.row_grads = row_grads_of(weight)
         return F.embedding(ids, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (ids,) = ctx.saved_tensors
-        rows, inverse = torch.unique(ids.flatten(), return_inverse=True)
         dim = ctx.weight_shape[1]
-        values = torch.zeros(rows.numel(), dim, dtype=ctx.weight_dtype, device=grad.device)
-        values.index_add_(0, inverse, grad.reshape(-1, dim).to(ctx.weight_dtype))
+        flat_grad = grad.reshape(-1, dim).to(ctx.weight_dtype)
+        if ctx.row_grads is not None:
+            fixed_size = grad.is_cuda
+            ctx.row_grads.add(*dedup_rows(ids.flatten(), flat_grad, fixed_size), unique=not fixed_size)
+            return None, None
+        rows, values = dedup_rows(ids.flatten(), flat_grad, fixed_size=False)
         grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True, check_invariants=False)
         return grad_weight, None
 
@@ -60,26 +70,65 @@ def coalesced_grad(grad: torch.Tensor) -> torch.Tensor:
     return grad.coalesce()
 
 
+# Rows per independently seeded block of a table's initial values: a rank initialises only the
+# blocks its rows fall in, and every sharding of the table gets the same values.
+INIT_BLOCK_ROWS = 1 << 16
+
+
+def _init_seed(seed: int, feature: int, block: int) -> int:
+    return ((seed * 1_000_003 + feature) * 65_537 + block) % (1 << 63)
+
+
+def init_table_rows(out: torch.Tensor, feature: int, table_rows: int, start: int, seed: int) -> None:
+    """Fill `out` ([k, d], on its device) with rows start..start+k of table `feature`'s initial
+    values: uniform in +-sqrt(1/table_rows) (TorchRec's default; N(0,1) trains markedly worse),
+    drawn on the device block by block, each block from its own seeded generator."""
+    bound = math.sqrt(1.0 / table_rows)
+    end = start + out.shape[0]
+    generator = torch.Generator(device=out.device)
+    for block in range(start // INIT_BLOCK_ROWS, -(-end // INIT_BLOCK_ROWS)):
+        lo, hi = block * INIT_BLOCK_ROWS, min(table_rows, (block + 1) * INIT_BLOCK_ROWS)
+        generator.manual_seed(_init_seed(seed, feature, block))
+        if start <= lo and hi <= end:  # the whole block is ours: draw it in place
+            out[lo - start : hi - start].uniform_(-bound, bound, generator=generator)
+        else:
+            values = torch.empty(hi - lo, out.shape[1], device=out.device).uniform_(-bound, bound, generator=generator)
+            a, b = max(lo, start), min(hi, end)
+            out[a - start : b - start] = values[a - lo : b - lo]
+
+
 class EmbeddingTables(nn.Module):
     """One embedding table per categorical feature, stored as one [sum(rows), d] weight in which
     table f starts at row offsets[f] (table-batched, like FBGEMM's TBE): one lookup, one sparse
-    gradient and one optimizer step for all features."""
+    gradient and one optimizer step for all features. Built on `device` directly; `features` are
+    the tables' indices in the model (their init seeds), 0.. by default."""
 
-    def __init__(self, table_sizes: list[int], dim: int):
+    def __init__(self, table_sizes: list[int], dim: int, seed: int | None = None, device: torch.device | str | None = None,
+                 features: list[int] | None = None):
         super().__init__()
+        seed = torch.initial_seed() if seed is None else seed
         starts = [0, *itertools.accumulate(table_sizes)][:-1]
-        self.weight = nn.Parameter(torch.empty(sum(table_sizes), dim))
-        self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long), persistent=False)
+        self.table_sizes, self.starts = list(table_sizes), starts
+        self.features = list(features) if features is not None else list(range(len(table_sizes)))
+        self.weight = nn.Parameter(torch.empty(sum(table_sizes), dim, device=device))
+        self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long, device=device), persistent=False)
         with torch.no_grad():
-            for start, rows in zip(starts, table_sizes):
-                table = self.weight[start : start + rows]
-                # Small uniform init per table (TorchRec's default); N(0,1) trains markedly worse.
-                bound = math.sqrt(1.0 / rows)
-                table.uniform_(-bound, bound)
+            for f, start, rows in zip(self.features, starts, table_sizes):
+                init_table_rows(self.weight[start : start + rows], f, rows, 0, seed)
 
     def forward(self, cat: torch.Tensor) -> torch.Tensor:
         """[n, F] row ids (each within its feature's table) -> [n, F, d]."""
         return _Lookup.apply(self.weight, cat + self.offsets)
+
+    def replicated_weight(self) -> nn.Parameter | None:
+        return self.weight
+
+    def sharded_weight(self) -> nn.Parameter | None:
+        return None
+
+    def table_slots(self) -> list[tuple[int, nn.Parameter, int, int, int]]:
+        """(feature, parameter, local start, global start, rows) of each table (see sharding.py)."""
+        return [(f, self.weight, start, 0, rows) for f, start, rows in zip(self.features, self.starts, self.table_sizes)]
 
 
 class _PairwiseDots(torch.autograd.Function):
@@ -144,7 +193,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class DLRM(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """`embeddings`: the tables' module (sharding.ShardedEmbeddingTables under a sharding plan);
+    by default all tables replicated (EmbeddingTables, seeded from torch's current seed)."""
+
+    def __init__(self, cfg: ModelConfig, embeddings: nn.Module | None = None):
         super().__init__()
         d = cfg.embeddingDim
         # rectrain_api.validation.check_trainer refuses such a config; this only turns a programming
@@ -152,7 +204,7 @@ class DLRM(nn.Module):
         assert cfg.numDenseFeatures == 0 or cfg.bottomMlp[-1:] == [d], "bottomMlp must end in embeddingDim"
         self.cfg = cfg
         self.num_dense = cfg.numDenseFeatures
-        self.embeddings = EmbeddingTables(cfg.tableSizes, d)
+        self.embeddings = embeddings if embeddings is not None else EmbeddingTables(cfg.tableSizes, d)
         self.bottom = mlp([cfg.numDenseFeatures, *cfg.bottomMlp], last_activation=True) if cfg.numDenseFeatures > 0 else None
         n_vec = len(cfg.tableSizes) + (1 if self.bottom is not None else 0)
         self.interaction = cfg.interaction
@@ -180,7 +232,9 @@ class DLRM(nn.Module):
         return self.top(x).squeeze(1)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.embeddings.weight]
+        """The embedding parameters a sparse optimizer updates (each gets a sparse COO gradient):
+        the fused replicated tables and/or this rank's shard."""
+        return [p for p in (self.embeddings.replicated_weight(), self.embeddings.sharded_weight()) if p is not None]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]

@@ -1,4 +1,4 @@
-"""Averaging the embedding table's sparse gradient over ranks, with the SIGTERM flag riding along.
+"""Averaging the embedding tables' sparse gradients over ranks, with the SIGTERM flag riding along.
 
 DDP averages the dense (MLP) gradients; the embedding table is excluded from DDP and its sparse
 gradient is exchanged here with plain all_gathers: gloo's sparse allreduce (what DDP uses for
@@ -16,14 +16,27 @@ from .model import DLRM, coalesced_grad
 
 
 def finish_sparse_grads(model: DLRM, denv: DistEnv, stop: bool) -> bool:
-    """Make the embedding gradient ready for the sparse optimizer: averaged over ranks, or (one
-    rank) flagged coalesced so the optimizer does not sort its rows again. Returns whether any
-    rank got SIGTERM (`stop` here): the flags travel with the ranks' row counts."""
-    (table,) = model.sparse_parameters()
-    if denv.distributed:
-        return allreduce_sparse_grad(table, denv.world_size, stop)
-    if table.grad is not None:
-        table.grad = coalesced_grad(table.grad)
+    """Make the embedding gradients ready for the sparse optimizer: the replicated tables' averaged
+    over ranks, this rank's shard's (it already holds every rank's lookups, summed by the
+    all_to_all backward) divided by the world size; on one rank just flagged coalesced so the
+    optimizer does not sort its rows again. Returns whether any rank got SIGTERM (`stop` here):
+    the flags travel with the ranks' row counts, or on their own when no table is replicated."""
+    replicated, shard = model.embeddings.replicated_weight(), model.embeddings.sharded_weight()
+    if not denv.distributed:
+        for table in (replicated, shard):
+            if table is not None and table.grad is not None:
+                table.grad = coalesced_grad(table.grad)
+        return stop
+    if replicated is not None:
+        stop = allreduce_sparse_grad(replicated, denv.world_size, stop)
+    else:
+        flag = torch.tensor([int(stop)], device=shard.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    if shard is not None and shard.grad is not None:
+        grad = coalesced_grad(shard.grad)
+        grad._values().div_(denv.world_size)
+        shard.grad = grad
     return stop
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import resource
 import signal
 import time
 import warnings
@@ -33,10 +35,14 @@ from rectrain_api.trainer_config import TrainerConfig
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DistEnv
-from .data import Batch, BatchLoader, Table, make_batch, open_binary_many, read_criteo_tsv, steps_per_epoch, synthetic_datasets
+from .data import (Batch, BatchLoader, DeviceBatchLoader, DeviceTable, Table, make_batch, open_binary_many, read_criteo_tsv,
+                   steps_per_epoch, synthetic_datasets)
+from .fused_sparse import SPARSE_KINDS, FusedSparseOptimizer, attach_row_grads, detach_row_grads
 from .loop_state import LoopState, LossWindow
 from .metrics import RankMetrics, log_loss, roc_auc
-from .model import DLRM
+from .model import DLRM, EmbeddingTables
+from .sharding import ShardedEmbeddingTables
+from .sharding_plan import STATE_PER_VALUE, ShardingPlan, default_budget, make_plan
 from .sparse_exchange import finish_sparse_grads
 
 __all__ = ["PREEMPTED_EXIT_CODE", "Preempted", "RunResult", "evaluate", "train"]
@@ -136,12 +142,11 @@ def _load_data(cfg: TrainerConfig) -> tuple[Table, Table | None, float | None]:
 
 
 def _make_optimizer(kind: str, params, lr: float):
+    """The dense (MLP) parameters' optimizer."""
     if kind == "adagrad":
         return torch.optim.Adagrad(params, lr=lr)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    if kind == "sparseadam":
-        return torch.optim.SparseAdam(params, lr=lr)
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr)
     if kind == "adamw":
@@ -149,8 +154,35 @@ def _make_optimizer(kind: str, params, lr: float):
     raise ConfigError(f"unknown optimizer {kind!r}")
 
 
+def _make_sparse_optimizer(kind: str, params, lr: float, single_process: bool):
+    """The embedding tables' optimizer: sgd, adagrad and rowwise_adagrad are fused in-place row
+    updates (fused_sparse). In one process the lookups hand it their row gradients directly (no
+    COO .grad, no host sync on CUDA); under torch.distributed the tables keep the contract the
+    sparse exchange (and any sharded table) relies on: a coalesced COO .grad, then step()."""
+    params = list(params)
+    if kind == "sparseadam":
+        return torch.optim.SparseAdam(params, lr=lr)
+    if kind not in SPARSE_KINDS:
+        raise ConfigError(f"unknown sparse optimizer {kind!r}")
+    for p in params:
+        if single_process:
+            attach_row_grads(p)
+        else:
+            detach_row_grads(p)
+    return FusedSparseOptimizer(params, kind, lr)
+
+
+def _set_matmul_precision(device: torch.device, precision: str) -> None:
+    """fp32 means true fp32 on CUDA: TF32 off, set explicitly (the process's setting may have been
+    changed by anything); tf32 lets fp32 matmuls use TF32 tensor cores (bf16/fp16 autocast keeps
+    true fp32 for what it leaves in fp32). On CPU nothing is changed: torch's float32 matmul
+    precision also switches oneDNN kernels there, and tf32 is meant to mean fp32 on CPU."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+
+
 def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
+    if precision in ("fp32", "tf32"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -212,8 +244,10 @@ def evaluate(model: DLRM, eval_table: Table, cfg: TrainerConfig, device: torch.d
     logits = []
     was_training = model.training
     model.eval()
+    # Sharded lookups are collectives: every rank runs as many forwards as the largest share needs.
+    chunks = math.ceil(max(len(s) for s in shards) / 8192)
     with torch.no_grad(), _autocast(device, cfg.training.precision):
-        for start in range(0, len(my_rows), 8192):
+        for start in range(0, chunks * 8192, 8192):
             batch = make_batch(eval_table, my_rows[start : start + 8192], 0, sizes).to(device)
             logits.append(model(batch.dense, batch.cat).float().cpu())
     model.train(was_training)
@@ -237,6 +271,7 @@ def train(cfg: TrainerConfig, denv: DistEnv | None = None, *, reporter=None, pro
     denv = denv or DistEnv()
     training = cfg.training
     device = _pick_device(cfg, denv)
+    _set_matmul_precision(device, training.precision)
     if training.precision == "fp16" and device.type != "cuda":
         raise ConfigError("invalid trainer configuration:\n  training.precision: fp16 needs a CUDA device (use bf16 on CPU)")
     backend = training.backend if training.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
@@ -291,6 +326,7 @@ class _Run:
     reporter: object | None  # rank 0: status.progress / status.metrics of the RecTrainJob
     tensorboard: object | None  # rank 0, when configured
     bar: object | None = None  # rank 0 tqdm progress bar, when asked for
+    device_data: DeviceTable | None = None  # the training columns on the GPU, when they fit (_epoch_loader)
 
     @property
     def global_batch(self) -> int:
@@ -339,7 +375,8 @@ def _set_up(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _Stop
     model, dlrm = _build_model(cfg, denv, device)
     opt_cfg = training.optimizer
     optimizers = [
-        _make_optimizer(opt_cfg.sparse, dlrm.sparse_parameters(), opt_cfg.sparseLearningRate or opt_cfg.learningRate),
+        _make_sparse_optimizer(opt_cfg.sparse, dlrm.sparse_parameters(), opt_cfg.sparseLearningRate or opt_cfg.learningRate,
+                               single_process=not denv.distributed),
         _make_optimizer(opt_cfg.dense, dlrm.dense_parameters(), opt_cfg.learningRate),
     ]
     total_steps = steps_per_epoch(len(train_data), training.global_batch(denv.world_size)) * training.epochs
@@ -356,13 +393,21 @@ def _set_up(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _Stop
 
 def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> tuple[torch.nn.Module, DLRM]:
     """(the module a step calls, the DLRM): DDP averages the dense (MLP) gradients; the embedding
-    table is left out of DDP, its sparse gradient goes through sparse_exchange."""
-    dlrm = DLRM(cfg.model).to(device)
+    tables are left out of DDP: replicated ones average their sparse gradient in sparse_exchange,
+    sharded ones (model.sharding) are looked up over all_to_all (sharding.py)."""
+    plan = _sharding_plan(cfg, denv, device)
+    seed = cfg.training.seed
+    if plan.sharded:
+        # Its own process group: the lookups' all_to_alls never interleave with DDP's allreduces.
+        group = dist.new_group(backend=dist.get_backend())
+        embeddings = ShardedEmbeddingTables(cfg.model.tableSizes, cfg.model.embeddingDim, plan, denv.rank, seed, device, group)
+    else:
+        embeddings = EmbeddingTables(cfg.model.tableSizes, cfg.model.embeddingDim, seed=seed, device=device)
+    dlrm = DLRM(cfg.model, embeddings).to(device)
+    _log_embedding_memory(cfg, denv, plan, dlrm)
     if not denv.distributed:
         return dlrm, dlrm
     DDP._set_params_and_buffers_to_ignore_for_model(dlrm, [n for n, _ in dlrm.named_parameters() if n.startswith("embeddings.")])
-    for table in dlrm.sparse_parameters():
-        dist.broadcast(table.data, src=0)
     # The model's buffers are constants (row offsets, pair indices): no broadcast per forward.
     # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers, which older torch (the GPU
     # hosts' 2.11) lacks: keep the argument both understand, without a warning in every rank's log.
@@ -370,6 +415,37 @@ def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> tup
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
         ddp = DDP(dlrm, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     return ddp, dlrm
+
+
+def _sharding_plan(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> ShardingPlan:
+    """model.sharding for this world size (every rank computes the same plan)."""
+    model = cfg.model
+    if model.shardingMemoryBudgetGiB is not None:
+        budget = int(model.shardingMemoryBudgetGiB * 2**30)
+    else:
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+        budget = default_budget(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), total)
+    plan = make_plan(model.sharding, model.tableSizes, model.embeddingDim, denv.world_size, cfg.training.optimizer.sparse,
+                     budget)
+    if denv.rank == 0 and denv.distributed:
+        log.info("sharding %s: %s over %d ranks (budget %.2f GiB per rank)", model.sharding, plan.describe(),
+                 denv.world_size, budget / 2**30)
+    return plan
+
+
+def _log_embedding_memory(cfg: TrainerConfig, denv: DistEnv, plan: ShardingPlan, dlrm: DLRM) -> None:
+    """One line per rank: the embedding rows and bytes (parameters + sparse optimizer state) it holds."""
+    params = dlrm.sparse_parameters()
+    rows = sum(p.shape[0] for p in params)
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    state_bytes = param_bytes * STATE_PER_VALUE.get(cfg.training.optimizer.sparse, 1)
+    log.info("embeddings rank %d: %d rows, %d param bytes, %d optimizer state bytes (%s)", denv.rank, rows, param_bytes,
+             state_bytes, plan.describe())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _resume(run: _Run) -> LoopState:
@@ -403,9 +479,7 @@ def _train_epoch(run: _Run, state: LoopState) -> bool:
     has done its last step; raises Preempted when a rank got SIGTERM."""
     cfg = run.cfg
     training = cfg.training
-    loader = BatchLoader(run.train_data, run.global_batch, run.denv.world_size, run.denv.rank, training.seed, state.epoch,
-                         cfg.model.tableSizes, skip=state.epoch_step, workers=training.dataLoaderWorkers,
-                         pin=run.device.type == "cuda")
+    loader = _epoch_loader(run, state)
     state.data_wait_counted = 0.0
     for batch in loader:
         any_rank_stopping = _train_step(run, state, batch)
@@ -423,6 +497,50 @@ def _train_epoch(run: _Run, state: LoopState) -> bool:
             _evaluate(run, state)
     _count_data_wait(run, state, loader.wait_seconds)
     return False
+
+
+# Device-resident data may take this share of the device memory free once the model and its
+# optimizer state are allocated (the rest is the step's activations and the allocator's slack).
+DEVICE_DATA_BUDGET = 0.5
+DEVICE_DATA_ENV = "RECTRAIN_DEVICE_DATA"  # auto (default): on CUDA when it fits; on: also on CPU; off: never
+
+
+def _epoch_loader(run: _Run, state: LoopState):
+    """This rank's batches of the epoch, from batch `state.epoch_step` on: gathered on the device
+    from device-resident columns when they fit (run.device_data), else prepared on the host by
+    BatchLoader. Both take the rows of data.shard_indices, so every step sees the same rows."""
+    cfg, training, denv = run.cfg, run.cfg.training, run.denv
+    if run.device_data is None:
+        run.device_data = _device_data(run)
+    if run.device_data is not None:
+        return DeviceBatchLoader(run.device_data, len(run.train_data), run.global_batch, denv.world_size, denv.rank,
+                                 training.seed, state.epoch, skip=state.epoch_step)
+    return BatchLoader(run.train_data, run.global_batch, denv.world_size, denv.rank, training.seed, state.epoch,
+                       cfg.model.tableSizes, skip=state.epoch_step, workers=training.dataLoaderWorkers,
+                       pin=run.device.type == "cuda")
+
+
+def _device_data(run: _Run) -> DeviceTable | None:
+    """The training columns on the device when RECTRAIN_DEVICE_DATA allows it and they fit in
+    DEVICE_DATA_BUDGET of the free device memory; None keeps the host pipeline."""
+    mode = os.environ.get(DEVICE_DATA_ENV, "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"invalid trainer configuration:\n  {DEVICE_DATA_ENV}: must be auto, on or off, got {mode!r}")
+    device, sizes = run.device, run.cfg.model.tableSizes
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    need = DeviceTable.nbytes(run.train_data, sizes)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        if need > DEVICE_DATA_BUDGET * free:
+            log.info("training data (%.2f GiB) exceeds %.0f%% of free device memory (%.2f GiB): batches are prepared on the host",
+                     need / 2**30, 100 * DEVICE_DATA_BUDGET, free / 2**30)
+            return None
+    started = time.perf_counter()
+    table = DeviceTable(run.train_data, sizes, device)
+    log.info("training data on %s: %.2f GiB in %.1f s; batches are gathered there", device, need / 2**30,
+             time.perf_counter() - started)
+    return table
 
 
 def _train_step(run: _Run, state: LoopState, batch: Batch) -> bool:
@@ -569,6 +687,7 @@ def _finish(run: _Run, state: LoopState) -> RunResult:
     _report_status(run, state)
     if run.bar:
         run.bar.close()
+    log.info("rank %d peak RSS %d bytes", run.denv.rank, peak_rss_bytes())
     if run.denv.rank == 0 and state.auc is not None:
         loss = state.loss if state.loss is not None else float("nan")
         print(f"final: step={state.step} loss={loss:.5f} auc={state.auc:.4f} logloss={state.logloss:.4f}" + _oracle_text(run),

@@ -67,11 +67,18 @@ rectrainjobs/status, which RBAC only allows a holder of those rights to grant.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.gangScheduling.enabled }}
+- apiGroups: ["scheduling.volcano.sh", "scheduling.x-k8s.io"]
+  resources: ["podgroups"]
+  verbs: ["get", "list", "create", "delete"]
+{{- end }}
 {{- end }}
 
 {{/* The kopf peering object's name (--peering): peering.name, else the release's full name. */}}
 {{- define "rectrain-operator.peeringName" -}}
-{{- default (include "rectrain-operator.fullname" .) .Values.peering.name | trunc 63 | trimSuffix "-" }}
+{{- /* Not the release's name: every rectrain-operator joins "rectrain-operator" by default, so a
+hand-started one (make demo) and any release find each other and only one acts. */ -}}
+{{- default "rectrain-operator" .Values.peering.name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*
@@ -85,4 +92,13 @@ keep-alive into their status (no status subresource). No create: the chart creat
   resources: [{{ .resource | quote }}]
   verbs: ["list", "watch", "patch"]
 {{- end }}
+{{- end }}
+
+{{/* The admission webhook's Service (a DNS label: at most 63) and its certificates' Secret (templates/webhook.yaml). */}}
+{{- define "rectrain-operator.webhookService" -}}
+{{- printf "%s-webhook" (include "rectrain-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "rectrain-operator.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "rectrain-operator.fullname" .) }}
 {{- end }}

@@ -29,6 +29,7 @@ from ..pki import Pki, issue_node_serving_cert
 from ..processes import ProcessRecord
 from . import jsonlog, network
 from .forward import Forwarder
+from .gang import DEFAULT_SCHEDULER_NAME, GangBinder
 from .hosts import PodHostsFiles
 from .logserver import LogServer, LogSource
 from .pods import now_rfc3339
@@ -42,8 +43,11 @@ HEARTBEAT_EVERY = 20  # housekeeping rounds (one a second) between two Node stat
 
 
 class NodeAgent:
-    def __init__(self, kubeconfig: str, state_dir: Path, node_name: str, gpus: int, api_port: int) -> None:
+    def __init__(self, kubeconfig: str, state_dir: Path, node_name: str, gpus: int, api_port: int,
+                 gang_scheduler: str = DEFAULT_SCHEDULER_NAME) -> None:
         self.api = config.new_client_from_config(config_file=kubeconfig)
+        self.gang_scheduler = gang_scheduler  # pods naming it are bound by gang.py, a pod group at a time
+        self.capacity: dict[str, str] = {}
         self.core = client.CoreV1Api(self.api)
         self.state_dir = state_dir
         self.node_name = node_name
@@ -84,6 +88,7 @@ class NodeAgent:
         }
         if self.gpus:
             capacity["nvidia.com/gpu"] = str(self.gpus)
+        self.capacity = capacity
         labels = {
             "kubernetes.io/hostname": self.node_name,
             "kubernetes.io/os": "linux",
@@ -205,6 +210,8 @@ class NodeAgent:
         Forwarder(self.network.gateway, self.api_port, "127.0.0.1", self.api_port).start()
         self.start_log_server()
         self.register_node()
+        if self.gang_scheduler:
+            GangBinder(self.api, self.node_name, self.capacity, self.gang_scheduler, self.stopping).start()
         self.volumes.ensure_storage_class()
         self.end_leftovers()
         threading.Thread(target=self._housekeeping, name="heartbeat", daemon=True).start()
@@ -280,9 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-name", default="rectrain-local-node")
     parser.add_argument("--gpus", type=int, default=0, help="advertise this many nvidia.com/gpu (pods run on the CPU)")
     parser.add_argument("--api-port", type=int, required=True)
+    parser.add_argument("--gang-scheduler-name", default=DEFAULT_SCHEDULER_NAME,
+                        help="bind pods with this schedulerName a pod group at a time (gang.py); empty: off")
     args = parser.parse_args(argv)
     jsonlog.configure(logging.INFO)
-    agent = NodeAgent(args.kubeconfig, args.state_dir, args.node_name, args.gpus, args.api_port)
+    agent = NodeAgent(args.kubeconfig, args.state_dir, args.node_name, args.gpus, args.api_port, args.gang_scheduler_name)
 
     def on_signal(signum, frame):  # noqa: ARG001
         agent.stopping.set()

@@ -146,6 +146,12 @@ def write_hosts(netns: str, own: tuple[str, list[str]], peers: list[tuple[str, l
     """Write the namespace's /etc/hosts in place (running processes see it through a bind mount)."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"{address}\t{' '.join(names)}" for address, names in [own, *peers] if address and names]
+    # Reverse lookups of the v4-mapped IPv6 form too (a dual-stack listener, such as torch's c10d store,
+    # sees its clients as ::ffff:a.b.c.d and names them with getnameinfo). A cluster's DNS answers those
+    # at once; this node has none, so without these lines glibc falls through to an unreachable resolver
+    # (EAI_AGAIN: "[c10d] The hostname of the client socket cannot be retrieved"). Only the first name,
+    # so that forward lookups of the names pods use still give IPv4 alone.
+    lines += [f"::ffff:{address}\t{names[0]}" for address, names in [own, *peers] if address and names and "." in address]
     content = "\n".join(lines) + "\n"
     path = NETNS_ETC / netns / "hosts"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -365,11 +365,15 @@ def failed_to_start_status(pod: dict, host_ip: str, reason: str, message: str) -
     return status
 
 
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
+
+
 def termination_message(pod: dict, exit_code: int, log_tail: str, message_file_text: str | None) -> str:
     """What a kubelet puts in state.terminated.message: the termination-log file, or the log on error."""
     if message_file_text:
         return message_file_text[-4096:]
     policy = main_container(pod).get("terminationMessagePolicy", "File")
     if exit_code != 0 and policy == "FallbackToLogsOnError":
-        return log_tail[-2048:]
+        # A kubelet's limits for the log's tail: the last 80 lines, at most 2048 bytes.
+        return "\n".join(log_tail.splitlines()[-FALLBACK_LOG_LINES:])[-FALLBACK_LOG_BYTES:]
     return ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -44,6 +45,8 @@ class PodStatusReporter:
         self.core = core
         self.node_name = node_name
         self.host_ip = host_ip
+        self._noticed: set[str] = set()  # node_notice keys already sent
+        self._notice_lock = threading.Lock()
 
     # ---- building ----------------------------------------------------------------------------------
     def running(self, pod: dict, run: ContainerRun) -> dict:
@@ -99,6 +102,25 @@ class PodStatusReporter:
             self.core.create_namespaced_event(meta["namespace"], body)
         except client.ApiException:
             pass
+
+    def node_notice(self, key: str, reason: str, message: str, kind: str = "Warning") -> None:
+        """An Event on this Node, once per key for the life of the agent (a node-wide fact, not each pod's)."""
+        with self._notice_lock:
+            if key in self._noticed:
+                return
+            self._noticed.add(key)
+        body = {
+            "metadata": {"generateName": f"{self.node_name}.", "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": self.node_name, "uid": self.node_name, "apiVersion": "v1"},
+            "reason": reason, "message": message, "type": kind,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event("default", body)
+        except client.ApiException as exc:
+            log.warning("node event %s failed: %s", reason, exc.reason)
+        log.warning("%s: %s", reason, message)
 
     def finish_deletion(self, namespace: str, name: str, uid: str) -> None:
         """A deleted pod's process is gone: remove the pod object, as a kubelet's status manager does."""

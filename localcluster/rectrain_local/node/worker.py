@@ -144,9 +144,11 @@ class PodWorker(threading.Thread):
         if spec.run_as_user is None:
             return spec
         if not _can_run_as(spec.run_as_user, spec.run_as_group):
-            self.node.status.event(self.pod, "RunAsUserNotHonored",
-                                   f"uid {spec.run_as_user} cannot run this node's Python environment; running as the agent's user",
-                                   "Warning")
+            # A fact about this node, not about each pod: one notice on the Node (kubectl describe node).
+            self.node.status.node_notice(
+                f"run-as-{spec.run_as_user}", "RunAsUserNotHonored",
+                f"uid {spec.run_as_user} cannot run this node's Python environment (it lives below a directory that "
+                f"uid cannot read): pods asking for it run as the agent's user (uid {os.getuid()}) instead")
             return LaunchSpec(**{**spec.__dict__, "run_as_user": None, "run_as_group": None})
         _chown_tree(self.pod_dir, spec.run_as_user, spec.run_as_group)
         return spec
