@@ -31,6 +31,9 @@ def test_elastic_job_shrinks_with_capacity_and_grows_back(harness, operator, kub
 
     core = client.CoreV1Api(k8s_api)
     _ensure_priority_class(client.SchedulingV1Api(k8s_api))
+    # Room is measured once: earlier tests' pods must be gone from the node first (a namespace being
+    # deleted frees its room only when the scheduler sees its pods go).
+    wait_for(lambda: not _other_pods_on_node(core, namespace), timeout=180, what="earlier tests' pods to leave the node")
     room = _free_milli_cpu(core)
     # Room for two ranks and a half: the third rank and a second filler of one rank do not fit.
     _filler(core, namespace, "room", room - 2 * RANK_CPU_MILLI - RANK_CPU_MILLI // 2)
@@ -146,6 +149,13 @@ def _dedup(values: list) -> list:
 
 def harness_pods(core, namespace: str) -> list:
     return core.list_namespaced_pod(namespace).items
+
+
+def _other_pods_on_node(core, namespace: str) -> list[str]:
+    """Pods of other namespaces still on the node (the local cluster's one node)."""
+    node = core.list_node().items[0]
+    pods = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node.metadata.name}").items
+    return [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods if p.metadata.namespace != namespace]
 
 
 def _free_milli_cpu(core) -> int:

@@ -3,39 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
 from rectrain_operator import lifecycle as lc
-from rectrain_operator.lifecycle import CreatePods, DeletePods, PodView
+from rectrain_operator.lifecycle import CreatePods, DeletePods
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def obs(status=None, pods=(), now=T0, **spec):
-    return lc.Observation(name="j", namespace="ns", uid="u", generation=1,
-                          spec={"image": "img", "replicas": 2, **spec}, status=status or {},
-                          pods=list(pods), now=now, created=T0)
-
-
-def pod(rank, phase="Running", attempt=0, **kw):
-    return PodView(name=f"j-{rank}-a{attempt}", rank=rank, attempt=attempt, phase=phase, **kw)
-
-
-def step(o):
-    d = lc.decide(o)
-    status = dict(o.status)
-    for k, v in (d.status or {}).items():
-        if v is None:
-            status.pop(k, None)
-        else:
-            status[k] = v
-    return d, status
-
-
-def cond(status, type_):
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+from lifecycle_support import T0, cond, obs, pod, step
 
 
 def running(now=T0, **spec):

@@ -114,10 +114,13 @@ def test_sigkill_the_operator_three_times_during_a_job(harness, operator, k8s_ap
         kill_and_restart(f"restarting the gang ({len(harness.pods('chaos', 0))} attempt-0 pods left)")
         t0 = time.monotonic()
         harness.wait_pods("chaos", REPLICAS, attempt=1, timeout=60)
-        wait_for(lambda: not harness.pods("chaos", 0), what="attempt 0 gone")
+        # Attempt 0 goes, but for the crashed rank's pod: kept (stopped) for its log until attempt 1 runs.
+        wait_for(lambda: [p.metadata.name for p in harness.pods("chaos", 0)] == ["chaos-2-a0"],
+                 what="attempt 0 gone but for the crashed rank's pod")
         recover[-1] += time.monotonic() - t0
         harness.run_all("chaos", 1)
         harness.wait_phase("chaos", "Running", attempt=1)
+        wait_for(lambda: not harness.pods("chaos", 0), what="the kept pod deleted once attempt 1 runs")
 
         # 3. At completion: every rank exits 0, then the operator dies before (or while) it notices.
         for p in harness.pods("chaos", 1):

@@ -105,8 +105,12 @@ def test_chart_rbac_has_no_wildcards_and_runs_a_full_job_life(chart_rbac, harnes
     harness.wait_phase("life", "Running")
     harness.exit("life-1-a0", 3)
     harness.wait_pods("life", 2, attempt=1)
-    wait_for(lambda: not harness.pods("life", 0), what="attempt 0 deleted")
+    # The crashed rank's pod is kept (stopped) for its log until attempt 1 runs; the other one goes.
+    wait_for(lambda: [p.metadata.name for p in harness.pods("life", 0)] == ["life-1-a0"],
+             what="attempt 0 deleted but for the crashed rank's pod")
     harness.run_all("life", 1)
+    harness.wait_phase("life", "Running", attempt=1)
+    wait_for(lambda: not harness.pods("life", 0), what="the kept pod deleted once attempt 1 runs")
     for p in harness.pods("life", 1):
         harness.exit(p.metadata.name, 0)
     status = harness.wait_phase("life", "Succeeded", failures=1, restarts=1)
