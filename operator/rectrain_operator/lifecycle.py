@@ -63,6 +63,8 @@ PREEMPTION_REASONS = {
 }
 # Reason (lastFailure, Failed condition, Event) of a rank that exited with exit_codes.INVALID_CONFIG.
 INVALID_CONFIGURATION = "InvalidConfiguration"
+# Condition of a Pending gang with rank pods the scheduler cannot place (its message says why).
+UNSCHEDULABLE = "Unschedulable"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -482,6 +484,7 @@ def _active(obs: Observation, status: _Status, spec: api.RecTrainJobSpec) -> Dec
     if resized is not None:
         return resized
     _counts(status, gang.current, spec)
+    _placement_condition(obs, status, gang)
     kept = set() if gang.all_up or gang.all_succeeded else _kept_pods(obs, status, spec, attempt=status.attempt - 1)
     d = Decision(actions=_tidy_up(gang, status.attempt, kept), spec=spec)
     if gang.all_succeeded:
@@ -735,6 +738,18 @@ def _elastic_resize(obs: Observation, status: _Status, spec: api.RecTrainJobSpec
     return _resize_to(obs, status, spec, gang, shrunk, "ScaledDown",
                       f"{gang.replicas - shrunk} of {gang.replicas} rank pods cannot be placed{f' ({why})' if why else ''}: "
                       f"continuing with {shrunk} ranks")
+
+
+def _placement_condition(obs: Observation, status: _Status, gang: _Gang) -> None:
+    """Unschedulable: while a Pending gang has rank pods the scheduler cannot place, its word on
+    them, so `kubectl get rtj -o wide` says why the job waits. False once every rank pod is placed."""
+    stuck = [p for p in gang.current if p.placement.unschedulable] if status.phase == "Pending" else []
+    if not stuck:
+        status.conditions = _clear_condition(status.conditions, UNSCHEDULABLE, "Placed", "every rank pod is placed", obs.now)
+        return
+    why = next((p.placement.message for p in stuck if p.placement.message), "no node fits")
+    status.conditions = set_condition(status.conditions, UNSCHEDULABLE, True, UNSCHEDULABLE,
+                                      f"{len(stuck)} of {len(gang.current)} rank pods cannot be placed: {why}", obs.now)
 
 
 def _elastic_settle_requeue(obs: Observation, status: _Status, spec: api.RecTrainJobSpec, gang: _Gang) -> float | None:

@@ -29,3 +29,19 @@ def test_in_the_same_second_the_phase_names_the_condition():
     assert headline(conditions, "Running")[0] == "Shrunk"  # otherwise the later one in the list
     assert headline([cond("Running", "True", "AllRanksRunning", T2), cond("Created", "True", "PodsCreated", T1)],
                     "Running")[0] == "AllRanksRunning"
+
+
+def test_a_gang_the_scheduler_cannot_place_says_why_until_it_is_placed():
+    from lifecycle_support import cond as condition_of
+    from lifecycle_support import obs, pod, step
+    from rectrain_operator.elastic import Placement
+
+    no_room = Placement(unschedulable=True, message="0/1 nodes are available: 1 Insufficient cpu.")
+    _, status = step(obs())  # created: attempt 0, Pending
+    waiting = [pod(0, phase="Pending", placement=Placement(placed=True)), pod(1, phase="Pending", placement=no_room)]
+    _, status = step(obs(status, waiting))
+    assert (status["reason"], status["message"]) == ("Unschedulable", "1 of 2 rank pods cannot be placed: "
+                                                     "0/1 nodes are available: 1 Insufficient cpu.")
+    _, status = step(obs(status, [pod(0), pod(1)]))
+    assert condition_of(status, "Unschedulable")["status"] == "False"
+    assert (status["phase"], status["reason"]) == ("Running", "AllRanksRunning")
