@@ -24,3 +24,15 @@ def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float =
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def is_gone(read: Callable[[], object]) -> bool:
+    """Whether the object `read` fetches is gone (the API answers 404). Any other API error counts as
+    not gone yet, so a wait_for on it polls on through a passing API hiccup."""
+    from kubernetes.client import ApiException
+
+    try:
+        read()
+    except ApiException as exc:
+        return exc.status == 404
+    return False

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from delivery_support import CHART, REPO, run, tool
-from support import wait_for
+from support import is_gone, wait_for
 
 # What rectrain-operator calls (operator/rectrain_operator/cluster.py, main.py), verb by verb.
 EXPECTED_RULES = {
@@ -318,20 +318,8 @@ def _create_refused(harness, name: str, trainer: dict) -> str | None:
     from rectrain_api import job as api
 
     harness.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, harness.ns, api.PLURAL, name)
-    wait_for(lambda: not _exists(harness, name), timeout=30, what=f"job {name} to go")
+    wait_for(lambda: is_gone(lambda: harness.job(name)), timeout=30, what=f"job {name} to go")
     return None
-
-
-def _exists(harness, name: str) -> bool:
-    from kubernetes import client
-
-    try:
-        harness.job(name)
-        return True
-    except client.ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
 
 
 def operator_pod(core, namespace: str, release: str):

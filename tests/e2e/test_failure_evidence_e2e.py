@@ -17,8 +17,7 @@ import io
 
 import pytest
 from jobs_support import job_manifest, kubectl_apply, reclaim, trainer
-from kubernetes import client
-from support import wait_for
+from support import is_gone, wait_for
 
 # The trainer process of the chosen rank (one per pod: procsPerReplica 1) runs it first.
 CRASH_ON_FIRST_ATTEMPT = (
@@ -83,14 +82,7 @@ def test_a_crashed_ranks_log_survives_the_gang_restart(harness, operator, kubeco
     # Once attempt 1 runs, the kept pod goes, and the plugin says why its log is gone.
     harness.wait_phase("crash", "Running", attempt=1, timeout=180)
 
-    def gone() -> bool:
-        try:
-            core.read_namespaced_pod("crash-1-a0", namespace)
-        except client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for(gone, timeout=60, what="the kept pod deleted after the next attempt ran")
+    wait_for(lambda: is_gone(lambda: core.read_namespaced_pod("crash-1-a0", namespace)), timeout=60, what="the kept pod deleted after the next attempt ran")
     code, _, err = _plugin_logs(kubeconfig, namespace, "crash", "--rank", "1", "--attempt", "0")
     assert code == 1 and "deleted after its successor, attempt 1, ran" in err and "the disk is on fire" in err, err
     harness.wait_phase("crash", "Succeeded", timeout=240)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from kubernetes import client
-from support import wait_for
+from support import is_gone, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -124,14 +124,7 @@ def test_owner_deletion_garbage_collects_children(k8s_api, namespace):
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "bystander"}})
     core.delete_namespaced_config_map("owner", namespace)
 
-    def child_gone() -> bool:
-        try:
-            core.read_namespaced_config_map("child", namespace)
-        except client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for(child_gone, timeout=60, what="the controller-manager to garbage-collect the child")
+    wait_for(lambda: is_gone(lambda: core.read_namespaced_config_map("child", namespace)), timeout=60, what="the controller-manager to garbage-collect the child")
     assert core.read_namespaced_config_map("bystander", namespace).metadata.name == "bystander"
 
 

@@ -10,7 +10,7 @@ from kubernetes.client.rest import ApiException
 
 from rectrain_api.job import RecTrainJobSpec
 from rectrain_operator import builders
-from support import wait_for
+from support import is_gone, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -164,15 +164,9 @@ def test_deadline_and_ttl(harness, operator, k8s_api):
     wait_for(lambda: harness.status("ttl").get("childrenDeletedTime") and harness.status("ttl"), timeout=15, what="ttl")
     core = client.CoreV1Api(k8s_api)
     wait_for(lambda: not harness.pods("ttl"), what="ttl deletes pods")
-    def gone(read, name):
-        try:
-            read(name, harness.ns)
-        except ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for(lambda: gone(core.read_namespaced_service, "ttl"), what="ttl deletes the Service")
-    wait_for(lambda: gone(core.read_namespaced_service_account, "ttl-trainer"), what="ttl deletes the ServiceAccount")
+    wait_for(lambda: is_gone(lambda: core.read_namespaced_service("ttl", harness.ns)), what="ttl deletes the Service")
+    wait_for(lambda: is_gone(lambda: core.read_namespaced_service_account("ttl-trainer", harness.ns)),
+             what="ttl deletes the ServiceAccount")
     assert harness.job("ttl")["status"]["phase"] == "Succeeded"  # the RecTrainJob is kept
 
 
