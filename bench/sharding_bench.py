@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--torchrec", choices=["yes", "no"], default="yes", help="include TorchRec DMP (table_wise)")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps, every side")
+    ap.add_argument("--steps", type=int, default=60, help="timed steps, every side")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps before them")
     ap.add_argument("--log-every", type=int, default=10, help="our window (must divide --warmup and --steps)")
     ap.add_argument("--batch", type=int, default=2048, help="per rank")

@@ -248,8 +248,11 @@ def run_torchrec(args, precision: str, ranks: int, data: Path, data_rows: int) -
     port = trainer_bench.free_port()
     envs = []
     for r in range(ranks):
+        # THP_MEM_ALLOC_ENABLE=1: PyTorch's switch for transparent huge pages on every large CPU
+        # allocation, so TorchRec's tables get the huge pages our trainer asks for its own
+        # (rectrain_trainer.hugepages); without it TorchRec's lookups pay a TLB miss per row.
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), THP_MEM_ALLOC_ENABLE="1")
         env.pop("PYTHONPATH", None)
         envs.append(env)
     outs, error = trainer_bench.run_ranks([str(VPY), "-c", WORKER, cfg], envs, args.timeout)

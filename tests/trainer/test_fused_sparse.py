@@ -189,3 +189,15 @@ def test_cuda_step_never_syncs_with_the_host():
         ref_opt.step()
         ref_opt.zero_grad()
     torch.testing.assert_close(weight.detach(), ref.detach(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bound", [1000, 2**31, 2**40])
+def test_unique_rows_is_torch_unique_whichever_width_it_sorts_in(bound):
+    """unique_rows sorts as int32 when the ids fit: the result must not depend on it (ids near the
+    bound, where a wrong width would wrap)."""
+    from rectrain_trainer.fused_sparse import unique_rows
+
+    ids = torch.cat([torch.randint(0, min(bound, 50), (300,)), torch.tensor([bound - 1, bound - 2, bound - 1])])
+    rows, inverse = unique_rows(ids, bound)
+    want_rows, want_inverse = torch.unique(ids, return_inverse=True)
+    assert rows.dtype == torch.long and torch.equal(rows, want_rows) and torch.equal(inverse, want_inverse)

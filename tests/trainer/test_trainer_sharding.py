@@ -152,3 +152,34 @@ def test_sigterm_to_one_rank_stops_every_sharded_rank_at_the_same_step(tmp_path)
     step = ckpt.complete_checkpoints(tmp_path)[-1][0]
     assert all(f"stopped by SIGTERM at step {step}" in err for _, _, err in res)
     assert sorted(p.name for p in ckpt.latest_checkpoint(tmp_path).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+
+def test_a_rank_asks_for_each_distinct_row_once_and_gets_its_lookups_summed_gradient(tmp_path, monkeypatch):
+    """The sharded lookup deduplicates before the exchange: a batch that repeats rows sends each
+    distinct row once, and the expanded embeddings and the shard's gradient are the replicated
+    table's (one gloo rank owning every table, so the all_to_alls are real but local)."""
+    from rectrain_trainer import sharding
+    from rectrain_trainer.model import EmbeddingTables
+    from rectrain_trainer.sharding_plan import ShardingPlan
+
+    sizes = [50, 30]
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        sent = []
+        real = torch.distributed.all_to_all_single
+        monkeypatch.setattr(sharding.dist, "all_to_all_single",
+                            lambda out, inp, *a, **kw: (sent.append(inp.shape[0]), real(out, inp, *a, **kw))[1])
+        tables = sharding.ShardedEmbeddingTables(sizes, 4, ShardingPlan(1, ("table", "table"), (0, 0)), 0, seed=5,
+                                                 device=torch.device("cpu"))
+        replica = EmbeddingTables(sizes, 4, seed=5)
+        ids = torch.tensor([[3, 7], [3, 9], [3, 7], [41, 7]])  # distinct: 3, 41 | 7, 9
+        out = tables(ids)
+        assert sent[1] == 4  # the ids exchange: 4 distinct rows of 8 lookups
+        expected = replica(ids)
+        assert torch.equal(out, expected)
+        weights = torch.randn(out.shape)
+        (out * weights).sum().backward()
+        (expected * weights).sum().backward()
+        assert torch.allclose(tables.shard.grad.to_dense(), replica.weight.grad.to_dense(), atol=1e-6)
+    finally:
+        torch.distributed.destroy_process_group()

@@ -37,6 +37,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from .fused_sparse import FusedSparseOptimizer
+
 log = logging.getLogger("rectrain.checkpoint")
 
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -82,9 +84,11 @@ def latest_checkpoint(root: str | Path | None) -> Path | None:
 
 def _init_optimizer_state(optimizers: list) -> None:
     """Give empty optimizers their state tensors (a step with lr 0 and zero gradients) so DCP can
-    load a checkpoint into them in place (SparseAdam gets empty sparse gradients)."""
+    load a checkpoint into them in place (SparseAdam gets empty sparse gradients). A
+    FusedSparseOptimizer has its state from the start (sgd has none): a dense zero gradient the
+    size of the table would only cost memory and a whole-table update."""
     for opt in optimizers:
-        if opt.state:
+        if opt.state or isinstance(opt, FusedSparseOptimizer):
             continue
         lrs = [g["lr"] for g in opt.param_groups]
         for g in opt.param_groups:

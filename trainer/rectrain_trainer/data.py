@@ -479,51 +479,149 @@ def make_batch(table: Table, idx: np.ndarray, global_size: int, table_sizes: np.
     return Batch(dense, cat, label, global_size)
 
 
-class BatchLoader:
-    """Iterates this rank's batches of one epoch, from step `skip` on, prepared ahead of time.
+class _RawSlot:
+    """One ring slot of BatchLoader: a batch's raw columns as stored (label, dense, cat; a uint32
+    category column as its int32 bits), in host memory reused from batch to batch, page-locked when
+    `pin` so the copies to the device are asynchronous DMA. `copied`: on CUDA, the event recorded
+    after this slot's last copies were issued; the slot is refilled only once it has completed."""
 
-    With workers > 0 a background thread (numpy gather releases the GIL) keeps up to
-    2*workers batches ready, pinned when `pin` (CUDA) so host-to-device copies overlap.
+    def __init__(self, rows: int, table: Table, pin: bool):
+        self.label, self.label_np = self._buffer((rows,), table.label.dtype, pin)
+        self.dense, self.dense_np = self._buffer((rows, table.dense.shape[1]), table.dense.dtype, pin)
+        self.cat, self.cat_np = self._buffer((rows, table.cat.shape[1]), table.cat.dtype, pin)
+        self.copied: torch.cuda.Event | None = None
+
+    @staticmethod
+    def _buffer(shape: tuple, dtype: np.dtype, pin: bool) -> tuple[torch.Tensor, np.ndarray]:
+        """(tensor, numpy view of the same memory in `dtype`); uint32 is held as int32 bits."""
+        dtype = np.dtype(dtype)
+        bits = np.dtype(np.int32) if dtype == np.uint32 else dtype
+        t = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, bits)).dtype, pin_memory=pin)
+        return t, t.numpy().view(dtype)
+
+
+# On CPU the device-side finishing runs in the prefetch thread, next to the training step: ops on
+# at most this many elements stay on that thread (torch splits bigger ones over a second OpenMP
+# team, which competes with the step's threads for the cores); see BatchLoader._finish.
+_SERIAL_ELEMENTS = 32768
+
+
+def _finished(src: torch.Tensor, device: torch.device, dtype: torch.dtype, fix=None) -> torch.Tensor:
+    """`src` (a ring slot's rows) on `device` as `dtype`, with `fix` applied in place: always in
+    memory of its own, never a view of the slot, which is refilled. On CPU a few rows per op (at
+    most _SERIAL_ELEMENTS elements), on a device all at once."""
+    moved = src.to(device, non_blocking=True)  # CPU: src itself
+    if fix is None and moved.dtype == dtype and moved.data_ptr() != src.data_ptr():
+        return moved  # a device copy already
+    out = torch.empty(moved.shape, dtype=dtype, device=device)
+    rows = moved.shape[0]
+    step = max(1, _SERIAL_ELEMENTS // max(1, math.prod(moved.shape[1:]))) if device.type == "cpu" else max(1, rows)
+    for start in range(0, rows, step):
+        part = out[start : start + step] if step < rows else out
+        part.copy_(moved[start : start + step] if step < rows else moved)
+        if fix is not None:
+            fix(part)
+    return out
+
+
+class BatchLoader:
+    """Iterates this rank's batches of one epoch, from step `skip` on, prepared ahead of time, on
+    `device` (default CPU): the same rows, order, dtypes and values as make_batch.
+
+    The host does the minimum: it gathers each batch's raw columns (uint8 labels, float32 dense,
+    uint32 categories, as stored) into a small ring of reused buffers, pinned when `device` is CUDA
+    (`pin`, by default), and copies them to the device asynchronously; the hashing
+    (`& 0xFFFFFFFF` then `% table_sizes`, in int64) and the casts run there, as DeviceTable's do.
+    With workers > 0 a background thread (numpy's gather and torch's ops release the GIL) keeps up
+    to 2*workers batches ready; on CUDA it issues their copies and device work on a stream of its
+    own, so they overlap the training step, and the consumer's stream waits for each batch's event.
+    A slot is refilled only when its copies are done: on CUDA after its event, on CPU at once (the
+    device-side finishing makes new tensors).
     """
 
     def __init__(self, table: Table, global_batch: int, world_size: int, rank: int, seed: int, epoch: int,
-                 table_sizes: list[int], skip: int = 0, workers: int = 1, pin: bool = False):
+                 table_sizes: list[int], skip: int = 0, workers: int = 1, pin: bool | None = None,
+                 device: torch.device | str | None = None):
         self.table = table
         self.args = (len(table), global_batch, world_size, rank, seed, epoch)
-        self.sizes = np.asarray(table_sizes, dtype=np.int64)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.sizes = torch.tensor(table_sizes, dtype=torch.int64, device=self.device)
         self.skip = skip
         self.workers = workers
-        self.pin = pin
+        self.pin = self.device.type == "cuda" if pin is None else pin
+        self.max_rows = -(-global_batch // world_size)  # np.array_split's largest part
         self.wait_seconds = 0.0
 
-    def _gen(self):
+    def _gen(self) -> Iterator[tuple[Batch, "torch.cuda.Event | None"]]:
+        """(batch on the device, the event its device work was recorded with on CUDA, else None)."""
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        ring = [_RawSlot(self.max_rows, self.table, self.pin) for _ in range(2 * max(self.workers, 1) + 2)]
+        table = self.table
         for i, (idx, global_size) in enumerate(shard_indices(*self.args)):
             if i < self.skip:
                 continue
-            yield make_batch(self.table, idx, global_size, self.sizes, self.pin)
+            slot = ring[i % len(ring)]
+            if slot.copied is not None:
+                slot.copied.synchronize()  # the device has read what this slot held
+            idx = np.sort(idx)  # sequential reads from the memory map (as make_batch)
+            n = len(idx)
+            np.take(table.label, idx, axis=0, out=slot.label_np[:n], mode="clip")
+            np.take(table.dense, idx, axis=0, out=slot.dense_np[:n], mode="clip")
+            np.take(table.cat, idx, axis=0, out=slot.cat_np[:n], mode="clip")
+            if cuda:
+                with torch.cuda.stream(stream):
+                    batch = self._finish(slot, n, global_size)
+                    ready = torch.cuda.Event()
+                    ready.record(stream)
+                yield batch, ready
+            else:
+                yield self._finish(slot, n, global_size), None
+
+    def _finish(self, slot: _RawSlot, n: int, global_size: int) -> Batch:
+        """Copy the slot's rows [:n] to the device and finish the batch there, in new tensors."""
+        device, sizes = self.device, self.sizes
+        if slot.cat_np.dtype == np.uint32:
+            # The uint32 bits travel as int32; & 0xFFFFFFFF in int64 recovers the value, as astype(int64) does.
+            def hashed(part):
+                part.bitwise_and_(0xFFFFFFFF).remainder_(sizes)
+        else:
+            def hashed(part):
+                part.remainder_(sizes)
+        batch = Batch(_finished(slot.dense[:n], device, torch.float32), _finished(slot.cat[:n], device, torch.int64, hashed),
+                      _finished(slot.label[:n], device, torch.float32), global_size)
+        if device.type == "cuda":  # after the slot's copies (and the finishing: a few microseconds more)
+            if slot.copied is None:
+                slot.copied = torch.cuda.Event()
+            slot.copied.record()
+        return batch
 
     def __iter__(self) -> Iterator[Batch]:
         if self.workers <= 0:
-            yield from self._gen()
+            for batch, ready in self._gen():
+                yield self._handed_over(batch, ready)
             return
-        ready: queue.Queue = queue.Queue(maxsize=2 * self.workers)
+        ready_q: queue.Queue = queue.Queue(maxsize=2 * self.workers)
         stop = threading.Event()
         end = object()
+        device = self.device
 
         def produce():
             try:
-                for b in self._gen():
+                if device.type == "cuda":
+                    torch.cuda.set_device(device)  # this thread's current device (streams, events)
+                for item in self._gen():
                     while not stop.is_set():
                         try:
-                            ready.put(b, timeout=0.1)
+                            ready_q.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
                     if stop.is_set():
                         return
-                ready.put(end)
+                ready_q.put(end)
             except BaseException as e:  # surfaced in the consumer
-                ready.put(e)
+                ready_q.put(e)
 
         producer = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
         producer.start()
@@ -532,16 +630,26 @@ class BatchLoader:
         try:
             while True:
                 t0 = time.perf_counter()
-                item = ready.get()
+                item = ready_q.get()
                 self.wait_seconds += time.perf_counter() - t0
                 if item is end:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield self._handed_over(*item)
         finally:
             stop.set()
             producer.join(timeout=5)
+
+    def _handed_over(self, batch: Batch, ready) -> Batch:
+        """On CUDA: the consumer's stream waits for the batch's device work, and the batch's memory
+        (allocated on the loader's stream) is marked as in use by the consumer's stream."""
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            for t in (batch.dense, batch.cat, batch.label):
+                t.record_stream(current)
+        return batch
 
 
 # --------------------------------------------------------------------------------------------

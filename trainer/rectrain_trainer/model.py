@@ -13,6 +13,7 @@ from torch import nn
 from rectrain_api.trainer_config import ModelConfig
 
 from .fused_sparse import dedup_rows, row_grads_of
+from .hugepages import empty_on_huge_pages
 
 
 def mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
@@ -50,9 +51,9 @@ class _Lookup(torch.autograd.Function):
         flat_grad = grad.reshape(-1, dim).to(ctx.weight_dtype)
         if ctx.row_grads is not None:
             fixed_size = grad.is_cuda
-            ctx.row_grads.add(*dedup_rows(ids.flatten(), flat_grad, fixed_size), unique=not fixed_size)
+            ctx.row_grads.add(*dedup_rows(ids.flatten(), flat_grad, fixed_size, ctx.weight_shape[0]), unique=not fixed_size)
             return None, None
-        rows, values = dedup_rows(ids.flatten(), flat_grad, fixed_size=False)
+        rows, values = dedup_rows(ids.flatten(), flat_grad, fixed_size=False, bound=ctx.weight_shape[0])
         grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True, check_invariants=False)
         return grad_weight, None
 
@@ -110,7 +111,7 @@ class EmbeddingTables(nn.Module):
         starts = [0, *itertools.accumulate(table_sizes)][:-1]
         self.table_sizes, self.starts = list(table_sizes), starts
         self.features = list(features) if features is not None else list(range(len(table_sizes)))
-        self.weight = nn.Parameter(torch.empty(sum(table_sizes), dim, device=device))
+        self.weight = nn.Parameter(empty_on_huge_pages(sum(table_sizes), dim, device=device))
         self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long, device=device), persistent=False)
         with torch.no_grad():
             for f, start, rows in zip(self.features, starts, table_sizes):

@@ -1,10 +1,15 @@
 """Sharded embedding tables: lookups served by the rank that owns each row, over all_to_all.
 
 Forward, for the sharded features of a local batch (ids [n, S]):
-    1. each id's owner and its row in the owner's local shard weight (vectorised over features);
-    2. all_to_all of the per-owner counts, then of the row ids (sorted by owner);
-    3. each owner looks its rows up (_Lookup: a coalesced sparse COO gradient in backward);
-    4. all_to_all of the embeddings back (its backward sends the gradients to the owners).
+    1. each id's owner and its row in the owner's local shard weight (vectorised over features), as
+       one key per lookup: its position in the rank-major concatenation of every rank's shard;
+    2. the distinct keys, sorted (one sort: it deduplicates and groups by owner at once). With
+       Criteo-like ids a batch repeats its hot rows, so each rank asks for a row once, not once per
+       lookup: about half the exchange and half the owners' lookups at Zipf(1.05);
+    3. all_to_all of the per-owner counts, then of the distinct rows;
+    4. each owner looks its rows up (_Lookup: a coalesced sparse COO gradient in backward);
+    5. all_to_all of the embeddings back (its backward sends each distinct row's summed gradient to
+       its owner), expanded to the lookups by the inverse of step 2.
 all_to_all_single runs on gloo and NCCL alike (no reduce-scatter needed). The exchange uses its own
 process group so it never interleaves with DDP's gradient allreduces on the default group.
 
@@ -19,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .fused_sparse import unique_rows
+from .hugepages import empty_on_huge_pages
 from .model import EmbeddingTables, _Lookup, init_table_rows
 from .sharding_plan import ShardingPlan, row_chunk
 
@@ -64,13 +71,19 @@ class ShardedEmbeddingTables(nn.Module):
                 at += plan.rows_on(r, f, table_sizes[f])[1]
         self.local_starts = base[rank].tolist()
         local_rows = sum(plan.rows_on(rank, f, table_sizes[f])[1] for f in shd)
-        self.shard = nn.Parameter(torch.empty(local_rows, dim, device=device))
+        self.shard = nn.Parameter(empty_on_huge_pages(local_rows, dim, device=device))
         with torch.no_grad():
             for j, f in enumerate(shd):
                 start, rows = plan.rows_on(rank, f, table_sizes[f])
                 init_table_rows(self.shard[self.local_starts[j] : self.local_starts[j] + rows], f, table_sizes[f], start, seed)
         chunk = [table_sizes[f] if plan.kinds[f] == "table" else row_chunk(table_sizes[f], plan.world) for f in shd]
         first_owner = [plan.owners[f] if plan.kinds[f] == "table" else 0 for f in shd]
+        # first key of each rank's shard in the rank-major concatenation (plus the end)
+        rank_start = [0]
+        for r in range(plan.world):
+            rank_start.append(rank_start[-1] + sum(plan.rows_on(r, f, table_sizes[f])[1] for f in shd))
+        self.register_buffer("rank_start", torch.tensor(rank_start, dtype=torch.long, device=device), persistent=False)
+        self.total_rows = rank_start[-1]
         self.register_buffer("base", base.to(device), persistent=False)
         self.register_buffer("chunk", torch.tensor(chunk, dtype=torch.long, device=device), persistent=False)
         self.register_buffer("first_owner", torch.tensor(first_owner, dtype=torch.long, device=device), persistent=False)
@@ -93,19 +106,16 @@ class ShardedEmbeddingTables(nn.Module):
         n, s = ids.shape
         owner = self.first_owner + torch.div(ids, self.chunk, rounding_mode="floor")  # [n, S]
         local = self.base[owner, self.shd_positions] + ids - (owner - self.first_owner) * self.chunk
-        owner, local = owner.flatten(), local.flatten()
-        order = torch.argsort(owner, stable=True)
-        send_counts = torch.bincount(owner, minlength=self.plan.world)
+        keys, inverse = unique_rows(self.rank_start[owner] + local, self.total_rows)  # sorted: grouped by owner
+        send_counts = torch.searchsorted(keys, self.rank_start).diff()
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts, group=self.group)
         send_split, recv_split = send_counts.tolist(), recv_counts.tolist()
-        requested = local.new_empty(sum(recv_split))
-        dist.all_to_all_single(requested, local.index_select(0, order), recv_split, send_split, group=self.group)
-        served = _Lookup.apply(self.shard, requested)  # [rows asked of this rank, d]
-        answered = _AllToAll.apply(served, send_split, recv_split, self.group)  # [n*S, d], sorted by owner
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return answered.index_select(0, inverse).view(n, s, self.dim)
+        requested = keys.new_empty(sum(recv_split))
+        dist.all_to_all_single(requested, keys, recv_split, send_split, group=self.group)
+        served = _Lookup.apply(self.shard, requested - self.rank_start[self.rank])  # [rows asked of this rank, d]
+        answered = _AllToAll.apply(served, send_split, recv_split, self.group)  # [distinct keys, d]
+        return answered.index_select(0, inverse.flatten()).view(n, s, self.dim)
 
     def replicated_weight(self) -> nn.Parameter | None:
         return self.replicated.weight if self.replicated is not None else None

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from .config import DistEnv
+from .fused_sparse import unique_rows
 from .model import DLRM, coalesced_grad
 
 
@@ -56,7 +57,7 @@ def allreduce_sparse_grad(table: torch.Tensor, world: int, stop: bool) -> bool:
     dist.all_gather_single(recv, send)
     recv = recv.view(world, *send.shape)
     parts = [_unpack_rows(recv[r, :n], values.dtype) for r, n in enumerate(row_counts)]
-    merged, inverse = torch.unique(torch.cat([r for r, _ in parts]), return_inverse=True)
+    merged, inverse = unique_rows(torch.cat([r for r, _ in parts]), table.shape[0])
     summed = values.new_zeros(merged.numel(), values.shape[1])
     for (_, rank_values), rank_inverse in zip(parts, inverse.split(row_counts)):
         summed.index_add_(0, rank_inverse, rank_values)

@@ -37,7 +37,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, DistEnv
 from .data import (Batch, BatchLoader, DeviceBatchLoader, DeviceTable, Table, make_batch, open_binary_many, read_criteo_tsv,
                    steps_per_epoch, synthetic_datasets)
-from .fused_sparse import SPARSE_KINDS, FusedSparseOptimizer, attach_row_grads, detach_row_grads
+from .fused_sparse import SPARSE_KINDS, FusedSparseOptimizer, attach_row_grads, detach_row_grads, row_grads_of
 from .loop_state import LoopState, LossWindow
 from .metrics import RankMetrics, log_loss, roc_auc
 from .model import DLRM, EmbeddingTables
@@ -170,6 +170,43 @@ def _make_sparse_optimizer(kind: str, params, lr: float, single_process: bool):
         else:
             detach_row_grads(p)
     return FusedSparseOptimizer(params, kind, lr)
+
+
+class _AllOptimizers:
+    """The step's optimizers as one, for torch.amp.GradScaler (fp16): one unscale and one inf/NaN
+    check over every gradient, the embeddings' included, so an overflow anywhere skips both
+    optimizers' updates and lowers the scale at update(), as with a single optimizer. Each
+    optimizer steps on gradients GradScaler has already unscaled (it sees no grad_scale here).
+
+    The row gradients _Lookup hands to a RowGrads sink (one process) are no .grad of any
+    parameter, so GradScaler would not see them: each is shown to it as the .grad of a stand-in
+    tensor (one element broadcast to its shape: no memory), which GradScaler checks and unscales
+    in place, the very tensor FusedSparseOptimizer then reads. COO .grads (the distributed path)
+    it handles itself. The bf16/fp32 step never comes here."""
+
+    def __init__(self, optimizers: list):
+        self.optimizers = optimizers
+        stand_ins = []
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    sink = row_grads_of(p)
+                    for _rows, values, _unique in (sink.pending if sink is not None else ()):
+                        stand_in = values.new_empty(()).expand(values.shape)
+                        stand_in.grad = values
+                        stand_ins.append(stand_in)
+        self.param_groups = [g for o in optimizers for g in o.param_groups] + [{"params": stand_ins}]
+
+    def step(self):
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def _scaled_step(scaler: torch.amp.GradScaler, optimizers: list) -> None:
+    """fp16: unscale, check and step every optimizer as one (_AllOptimizers), then update the scale.
+    Like any GradScaler.step on a torch.optim optimizer, it reads the inf flag on the host once."""
+    scaler.step(_AllOptimizers(optimizers))
+    scaler.update()
 
 
 def _set_matmul_precision(device: torch.device, precision: str) -> None:
@@ -517,7 +554,7 @@ def _epoch_loader(run: _Run, state: LoopState):
                                  training.seed, state.epoch, skip=state.epoch_step)
     return BatchLoader(run.train_data, run.global_batch, denv.world_size, denv.rank, training.seed, state.epoch,
                        cfg.model.tableSizes, skip=state.epoch_step, workers=training.dataLoaderWorkers,
-                       pin=run.device.type == "cuda")
+                       device=run.device)
 
 
 def _device_data(run: _Run) -> DeviceTable | None:
@@ -568,9 +605,7 @@ def _train_step(run: _Run, state: LoopState, batch: Batch) -> bool:
     (scaler.scale(loss) if scaler is not None else loss).backward()
     any_rank_stopping = finish_sparse_grads(run.dlrm, denv, run.stop.set)
     if scaler is not None:
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-        scaler.update()
+        _scaled_step(scaler, optimizers)
     else:
         for optimizer in optimizers:
             optimizer.step()
