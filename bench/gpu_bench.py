@@ -7,7 +7,10 @@ For each shape (issue 14) and precision (fp32, tf32, fp16, bf16) it runs, in thi
   input path when it fits, the fused sparse Adagrad, the configured precision);
 - baseline: a plain-PyTorch DLRM with one nn.EmbeddingBag(sparse=True) per table, the same MLPs and
   dot interaction, torch.optim.Adagrad on the sparse and the dense parameters, fed from a few batches
-  of the same rows built on the device before the clock starts.
+  of the same rows built on the device before the clock starts;
+- ours-host (bf16 only, --host-precisions): ours with RECTRAIN_DEVICE_DATA=off, the input path of a
+  dataset too big for the device: raw columns gathered on the host into a ring of pinned buffers,
+  copied on a side stream and hashed on the device (data.BatchLoader).
 
 Statistic (both sides): the median samples/s over timed windows of --window steps after the
 warm-up steps, each window ended by a device sync (ours: the trainer's log windows, whose close
@@ -138,9 +141,9 @@ class WindowRecorder:
         self.windows.setdefault(progress.step, (progress.samplesPerSecond, time.perf_counter()))
 
 
-def run_ours(shape: dict, precision: str, device: str, data_dir: Path) -> dict:
+def run_ours(shape: dict, precision: str, device: str, data_dir: Path, device_data: str = "auto") -> dict:
     from rectrain_trainer.config import parse_config
-    from rectrain_trainer.train import train
+    from rectrain_trainer.train import DEVICE_DATA_ENV, train
 
     warmup, timed, window = shape["steps"]
     cfg = parse_config({
@@ -152,7 +155,15 @@ def run_ours(shape: dict, precision: str, device: str, data_dir: Path) -> dict:
         "reporting": {"metricsPort": 0, "logEverySteps": window},
     })
     rec = WindowRecorder()
-    train(cfg, reporter=rec)
+    before = os.environ.get(DEVICE_DATA_ENV)
+    os.environ[DEVICE_DATA_ENV] = device_data
+    try:
+        train(cfg, reporter=rec)
+    finally:
+        if before is None:
+            os.environ.pop(DEVICE_DATA_ENV, None)
+        else:
+            os.environ[DEVICE_DATA_ENV] = before
     timed_windows = sorted((s, sps, t) for s, (sps, t) in rec.windows.items() if s - window >= warmup and sps)
     start = rec.windows[warmup][1] if warmup in rec.windows else None
     return {"rates": [sps for _, sps, _ in timed_windows], "start": start,
@@ -254,8 +265,10 @@ def run_case(side: str, shape: dict, precision: str, device: torch.device, data_
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    out = (run_ours(shape, precision, device.type, data_dir) if side == "ours"
-           else run_baseline(shape, precision, device, data_dir))
+    if side == "baseline":
+        out = run_baseline(shape, precision, device, data_dir)
+    else:
+        out = run_ours(shape, precision, device.type, data_dir, "off" if side == "ours-host" else "auto")
     row = {"samples_per_s": statistics.median(out["rates"]) if out["rates"] else None, "windows": len(out["rates"]),
            "window_rates": [round(r, 1) for r in out["rates"]], "wall_s": round(time.perf_counter() - started, 1)}
     if device.type == "cuda":
@@ -269,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["small", "large"])
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    ap.add_argument("--sides", nargs="+", choices=["baseline", "ours"], default=["baseline", "ours"])
+    ap.add_argument("--sides", nargs="+", choices=["baseline", "ours", "ours-host"], default=["baseline", "ours", "ours-host"])
+    ap.add_argument("--host-precisions", nargs="+", choices=PRECISIONS, default=["bf16"],
+                    help="the precisions ours-host runs in (it is the same model as ours, fed from the host)")
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--smoke", action="store_true", help="the tiny shape only (seconds, CPU or GPU)")
     ap.add_argument("--budget", type=float, default=270.0, help="start no case after this many seconds")
@@ -298,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_dataset(data_dir, shape, shape["batch"] * (warmup + timed))
             for precision in args.precisions:
                 for side in args.sides:
+                    if side == "ours-host" and precision not in args.host_precisions:
+                        continue
                     row = {"shape": name, "precision": precision, "side": side}
                     if precision == "fp16" and device.type != "cuda":
                         row["skipped"] = "fp16 needs CUDA"
@@ -330,7 +347,7 @@ def _print_row(row: dict, results: list[dict]) -> None:
 
     sps = row.get("samples_per_s")
     fp32 = rate(row["shape"], "fp32", row["side"])
-    base = rate(row["shape"], row["precision"], "baseline") if row["side"] == "ours" else None
+    base = rate(row["shape"], row["precision"], "baseline") if row["side"] != "baseline" else None
     rel = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
     shown = f"{sps:,.0f}" if sps else row.get("skipped") or row.get("error", "failed")[:60]
     util = row.get("gpu_util_pct")

@@ -75,3 +75,6 @@ def test_agent_log_lines_parse_as_json(k8s_api, namespace, local_cluster):
     records = _record_lines((local_cluster.log_dir / "node-agent.log").read_text())
     assert all({"time", "level", "logger", "message"} <= set(record) for record in records)
     assert any(record["message"].startswith(f"starting pod {namespace}/logged ") for record in records), records[-5:]
+    # Each container's end is in the log too: what tells "the process never exited" from "its
+    # status never reached the API server" when a pod stays Running.
+    assert any(record["message"] == f"pod {namespace}/logged: container exited with code 0" for record in records), records[-5:]

@@ -147,7 +147,9 @@ class Harness:
         try:
             return wait_for(check, timeout=timeout, what=f"{name} phase {phase} {fields}")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; status: {self.status(name)}") from None
+            # The rank pods' phases tell a stuck operator (pods ended, job not) from stuck pods.
+            pods = {p.metadata.name: p.status.phase for p in self.pods(name)}
+            raise AssertionError(f"{exc}; pods: {pods}; status: {self.status(name)}") from None
 
     def condition(self, name: str, type_: str) -> dict[str, Any] | None:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)

@@ -17,7 +17,7 @@ def test_gpu_bench_smoke_runs_both_sides(tmp_path):
     assert bench.main(["--smoke", "--precisions", "fp32", "bf16", "--json", str(out), "--workdir", str(tmp_path / "w")]) == 0
     results = json.loads(out.read_text())["results"]
     assert [(r["precision"], r["side"]) for r in results] == [("fp32", "baseline"), ("fp32", "ours"), ("bf16", "baseline"),
-                                                             ("bf16", "ours")]
+                                                             ("bf16", "ours"), ("bf16", "ours-host")]
     _warmup, timed, window = bench.SHAPES["smoke"]["steps"]
     for r in results:
         assert r["windows"] == timed // window and r["samples_per_s"] > 0, r

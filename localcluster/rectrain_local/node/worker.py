@@ -163,6 +163,7 @@ class PodWorker(threading.Thread):
             exit_code = self._wait()
             signal_number = -exit_code if exit_code < 0 else None
             code = EXIT_CODE_SIGNAL_BASE + signal_number if signal_number else exit_code
+            log.info("pod %s/%s: container exited with code %d", pod["metadata"]["namespace"], pod["metadata"]["name"], code)
             message = termination_message(pod, code, _tail(self.log_path), None)
             status = status_reporter.terminated(pod, run, code, message, signal_number)
             restart = policy == "Always" or (policy == "OnFailure" and code != 0)
