@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 if [ "${RUN_TESTS:-1}" = 1 ]; then
   # --noconftest: the suite's root conftest wants the local cluster; these tests need none of it.
   timeout 120 "$PY" -m pytest --noconftest -p no:cacheprovider -q tests/trainer/test_fused_sparse.py \
-    tests/trainer/test_trainer_precision.py tests/trainer/test_device_data.py 2>&1 | tee "$OUT/tests.log"
+    tests/trainer/test_trainer_precision.py tests/trainer/test_device_data.py tests/trainer/test_host_stream.py 2>&1 | tee "$OUT/tests.log"
 fi
 timeout "${BENCH_TIMEOUT:-290}" "$PY" bench/gpu_bench.py --json "$OUT/gpu_bench.json" "$@" 2>&1 | tee "$OUT/gpu_bench.log"
 status=${PIPESTATUS[0]}
