@@ -293,8 +293,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
         return 3
     pods = core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB_NAME}={args.name},{LABEL_RANK}").items
     pods.sort(key=lambda p: (int((p.metadata.labels or {}).get(LABEL_ATTEMPT, 0)), int((p.metadata.labels or {}).get(LABEL_RANK, 0))))
+    # By uid too: a job deleted and created again under the same name keeps its old Events for an
+    # hour, and they are not this job's.
     events = core.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={args.name},involvedObject.kind={KIND}").items
+        namespace, field_selector=f"involvedObject.name={args.name},involvedObject.kind={KIND},"
+                                  f"involvedObject.uid={job['metadata']['uid']}").items
     events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
     print(describe_text(job, pods, events[-args.events:] if args.events else events))
     return 0

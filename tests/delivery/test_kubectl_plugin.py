@@ -144,3 +144,27 @@ def test_submit_watch_list_logs_of_a_real_training_run(kubeconfig, k8s_api, name
     text = plugin(kubeconfig, "describe", "tiny", "-n", namespace).stdout
     assert "Phase:        Succeeded" in text and "Metrics:      auc 0." in text
     assert "AllRanksSucceeded" in text
+
+
+def test_describe_shows_only_this_jobs_events_not_an_earlier_one_of_the_same_name(kubeconfig, k8s_api, namespace, tmp_path):
+    """A job deleted and created again under its name: the earlier job's Events (same name, its own
+    uid) stay in the namespace for an hour; describe must not show them as this job's."""
+    from kubernetes import client
+
+    from rtj_harness import install_crd
+
+    install_crd(k8s_api)
+    custom, core = client.CustomObjectsApi(k8s_api), client.CoreV1Api(k8s_api)
+    job = custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL,
+                                                 manifest("again", suspend=True))
+
+    def event(name: str, uid: str, message: str) -> None:
+        core.create_namespaced_event(namespace, {
+            "metadata": {"name": name}, "type": "Normal", "reason": "Test", "message": message,
+            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": "again", "namespace": namespace, "uid": uid},
+        })
+
+    event("again.old", "00000000-0000-0000-0000-000000000001", "from the earlier job")
+    event("again.new", job["metadata"]["uid"], "from this job")
+    out = plugin(kubeconfig, "describe", "again", "-n", namespace).stdout
+    assert "from this job" in out and "from the earlier job" not in out, out
