@@ -109,8 +109,10 @@ class FusedSparseOptimizer(torch.optim.Optimizer):
 
     Works with torch.amp.GradScaler (fp16): GradScaler passes the scale and its inf check in
     (`grad_scale`, `found_inf`), the step unscales, checks the handed-over rows for inf/NaN itself
-    and skips the update on overflow without a host sync. An overflow seen only in the embedding
-    gradient skips this update but does not lower the scale (the dense optimizer's check does).
+    and skips the update on overflow without a host sync. Stepped on its own that way, an overflow
+    seen only in the embedding gradient skips this update but does not lower the scale; the train
+    loop therefore steps both optimizers as one (train._scaled_step), so GradScaler checks the
+    embedding rows too.
     """
 
     _step_supports_amp_scaling = True
