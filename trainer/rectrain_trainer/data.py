@@ -469,14 +469,22 @@ def shard_indices(rows: int, global_batch: int, world_size: int, rank: int, seed
         yield np.array_split(chunk, world_size)[rank], len(chunk)
 
 
-def make_batch(table: Table, idx: np.ndarray, global_size: int, table_sizes: np.ndarray, pin: bool = False) -> Batch:
+def make_batch(table: Table, idx: np.ndarray, global_size: int, table_sizes: np.ndarray) -> Batch:
+    """The rows `idx` as a batch on the host (the reference every other input path must match)."""
     idx = np.sort(idx)  # sequential reads from the memory map; order inside a batch is irrelevant
     dense = torch.from_numpy(np.ascontiguousarray(table.dense[idx], dtype=np.float32))
     cat = torch.from_numpy((table.cat[idx].astype(np.int64) % table_sizes).astype(np.int64))
     label = torch.from_numpy(table.label[idx].astype(np.float32))
-    if pin:
-        dense, cat, label = dense.pin_memory(), cat.pin_memory(), label.pin_memory()
     return Batch(dense, cat, label, global_size)
+
+
+def hash_categories_(cat: torch.Tensor, sizes: torch.Tensor, uint32_bits: bool) -> torch.Tensor:
+    """In place on int64 categories: each into its table's rows (`% sizes`), as make_batch does.
+    uint32_bits: the values arrived as the int32 bits of uint32 ones (torch has no uint32 to copy
+    them in) and were sign-extended; & 0xFFFFFFFF recovers them first, as astype(int64) would."""
+    if uint32_bits:
+        cat.bitwise_and_(0xFFFFFFFF)
+    return cat.remainder_(sizes)
 
 
 class _RawSlot:
@@ -517,8 +525,8 @@ def _finished(src: torch.Tensor, device: torch.device, dtype: torch.dtype, fix=N
     rows = moved.shape[0]
     step = max(1, _SERIAL_ELEMENTS // max(1, math.prod(moved.shape[1:]))) if device.type == "cpu" else max(1, rows)
     for start in range(0, rows, step):
-        part = out[start : start + step] if step < rows else out
-        part.copy_(moved[start : start + step] if step < rows else moved)
+        part = out[start : start + step]
+        part.copy_(moved[start : start + step])
         if fix is not None:
             fix(part)
     return out
@@ -580,14 +588,11 @@ class BatchLoader:
 
     def _finish(self, slot: _RawSlot, n: int, global_size: int) -> Batch:
         """Copy the slot's rows [:n] to the device and finish the batch there, in new tensors."""
-        device, sizes = self.device, self.sizes
-        if slot.cat_np.dtype == np.uint32:
-            # The uint32 bits travel as int32; & 0xFFFFFFFF in int64 recovers the value, as astype(int64) does.
-            def hashed(part):
-                part.bitwise_and_(0xFFFFFFFF).remainder_(sizes)
-        else:
-            def hashed(part):
-                part.remainder_(sizes)
+        device, sizes, uint32_bits = self.device, self.sizes, slot.cat_np.dtype == np.uint32
+
+        def hashed(part):
+            hash_categories_(part, sizes, uint32_bits)
+
         batch = Batch(_finished(slot.dense[:n], device, torch.float32), _finished(slot.cat[:n], device, torch.int64, hashed),
                       _finished(slot.label[:n], device, torch.float32), global_size)
         if device.type == "cuda":  # after the slot's copies (and the finishing: a few microseconds more)
@@ -679,8 +684,7 @@ class DeviceTable:
             self.label[part] = torch.from_numpy(np.array(table.label[part], dtype=np.uint8))
             self.dense[part] = torch.from_numpy(np.array(table.dense[part], dtype=np.float32))
             raw = torch.from_numpy(np.array(table.cat[part], dtype=np.uint32).view(np.int32)).to(device)
-            # The uint32 bits travel as int32; & 0xFFFFFFFF in int64 recovers the value, as astype(int64) does.
-            self.cat[part] = (raw.long() & 0xFFFFFFFF) % sizes
+            self.cat[part] = hash_categories_(raw.long(), sizes, uint32_bits=True)
 
     @staticmethod
     def cat_dtype_for(table_sizes: list[int]) -> torch.dtype:

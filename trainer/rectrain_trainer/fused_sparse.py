@@ -50,10 +50,10 @@ def dedup_rows(ids: torch.Tensor, grad: torch.Tensor, fixed_size: bool, bound: i
     of its lookups' gradients.
 
     fixed_size=False: m = the distinct rows, sorted (unique_rows; its size is data, so on CUDA the
-    host waits for it); `bound`: the ids are below it (the table's rows). fixed_size=True: m = n, no host sync: one sort of the ids; the distinct
+    host waits for it). fixed_size=True: m = n, no host sync: one sort of the ids; the distinct
     rows, sorted, fill the first slots, and every later slot is padding that repeats some touched
     row with a zero gradient (spread over rows, so accumulating updates do not all hit one row).
-    """
+    bound: the ids are below it (the table's rows; int32 sorting when it allows)."""
     if not fixed_size:
         rows, inverse = unique_rows(ids, bound)
         values = grad.new_zeros(rows.numel(), grad.shape[1])
