@@ -71,7 +71,10 @@ INSTALL = [
     ["tensordict", "torchmetrics==1.0.3", "tqdm", "pyre-extensions"],
 ]
 SEED = 0  # our trainer's training.seed (trainer_bench.config): it orders the rows of an epoch
-DEFAULT_SHARDING = "table_wise"  # what the planner picks here; see bench/README.md for the others
+DEFAULT_SHARDING = "table_wise"
+# glibc's environment form of rectrain_trainer.host_allocator.SETTINGS (freed memory stays in the
+# process: no page faults on every step's fresh tensors), so TorchRec gets what our trainer sets.
+TORCHREC_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": "-1", "MALLOC_TOP_PAD_": str(64 << 20)}  # what the planner picks here; see bench/README.md for the others
 
 # The TorchRec side, run by the venv's python in each rank process.
 WORKER = r"""
@@ -251,8 +254,9 @@ def run_torchrec(args, precision: str, ranks: int, data: Path, data_rows: int) -
         # THP_MEM_ALLOC_ENABLE=1: PyTorch's switch for transparent huge pages on every large CPU
         # allocation, so TorchRec's tables get the huge pages our trainer asks for its own
         # (rectrain_trainer.hugepages); without it TorchRec's lookups pay a TLB miss per row.
+        # TORCHREC_MALLOC_ENV: the malloc settings our trainer sets from inside (host_allocator).
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(ranks),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), THP_MEM_ALLOC_ENABLE="1")
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), THP_MEM_ALLOC_ENABLE="1", **TORCHREC_MALLOC_ENV)
         env.pop("PYTHONPATH", None)
         envs.append(env)
     outs, error = trainer_bench.run_ranks([str(VPY), "-c", WORKER, cfg], envs, args.timeout)

@@ -135,7 +135,7 @@ def test_resume_reshards_across_world_sizes_and_shardings(tmp_path, replicated_r
 
 
 def test_sigterm_to_one_rank_stops_every_sharded_rank_at_the_same_step(tmp_path):
-    """With no replicated table the SIGTERM flags travel on their own: rank 1 alone gets the
+    """With no replicated table the SIGTERM flags travel with the lookups' counts: rank 1 alone gets the
     notice, both ranks stop after the same step and write one sharded checkpoint together."""
     cfg = _config(tmp_path, "row", epochs=50)
     procs = start_ranks(cfg, 2)

@@ -6,7 +6,9 @@ Forward, for the sharded features of a local batch (ids [n, S]):
     2. the distinct keys, sorted (one sort: it deduplicates and groups by owner at once). With
        Criteo-like ids a batch repeats its hot rows, so each rank asks for a row once, not once per
        lookup: about half the exchange and half the owners' lookups at Zipf(1.05);
-    3. all_to_all of the per-owner counts, then of the distinct rows;
+    3. all_to_all of the per-owner counts (each rank's SIGTERM flag rides along: the step's only
+       agreement on stopping when no table is replicated, see any_rank_stopping), then of the
+       distinct rows;
     4. each owner looks its rows up (_Lookup: a coalesced sparse COO gradient in backward);
     5. all_to_all of the embeddings back (its backward sends each distinct row's summed gradient to
        its owner), expanded to the lookups by the inverse of step 2.
@@ -19,6 +21,8 @@ world size, which makes it exactly the replicated path's average.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -55,9 +59,13 @@ class ShardedEmbeddingTables(nn.Module):
     `shard`. forward: [n, F] row ids -> [n, F, d], features in their configured order."""
 
     def __init__(self, table_sizes: list[int], dim: int, plan: ShardingPlan, rank: int, seed: int,
-                 device: torch.device, group=None):
+                 device: torch.device, group=None, stop_source: Callable[[], bool] | None = None):
         super().__init__()
         self.table_sizes, self.dim, self.plan, self.rank, self.group = list(table_sizes), dim, plan, rank, group
+        # stop_source: whether this rank got SIGTERM; any_rank_stopping: whether any rank had, as
+        # of the last lookup (the same on every rank: it came in the counts' all_to_all).
+        self.stop_source = stop_source or (lambda: False)
+        self.any_rank_stopping = False
         rep = [f for f, k in enumerate(plan.kinds) if k == "replicated"]
         shd = [f for f, k in enumerate(plan.kinds) if k != "replicated"]
         self.rep_features, self.shd_features = rep, shd
@@ -108,9 +116,12 @@ class ShardedEmbeddingTables(nn.Module):
         local = self.base[owner, self.shd_positions] + ids - (owner - self.first_owner) * self.chunk
         keys, inverse = unique_rows(self.rank_start[owner] + local, self.total_rows)  # sorted: grouped by owner
         send_counts = torch.searchsorted(keys, self.rank_start).diff()
-        recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts, group=self.group)
-        send_split, recv_split = send_counts.tolist(), recv_counts.tolist()
+        heads = torch.stack([send_counts, torch.full_like(send_counts, int(self.stop_source()))], 1)  # [world, 2]
+        recv_heads = torch.empty_like(heads)
+        dist.all_to_all_single(recv_heads, heads, group=self.group)
+        send_split, received = send_counts.tolist(), recv_heads.tolist()
+        recv_split = [count for count, _ in received]
+        self.any_rank_stopping = any(flag for _, flag in received)
         requested = keys.new_empty(sum(recv_split))
         dist.all_to_all_single(requested, keys, recv_split, send_split, group=self.group)
         served = _Lookup.apply(self.shard, requested - self.rank_start[self.rank])  # [rows asked of this rank, d]

@@ -21,7 +21,8 @@ def finish_sparse_grads(model: DLRM, denv: DistEnv, stop: bool) -> bool:
     over ranks, this rank's shard's (it already holds every rank's lookups, summed by the
     all_to_all backward) divided by the world size; on one rank just flagged coalesced so the
     optimizer does not sort its rows again. Returns whether any rank got SIGTERM (`stop` here):
-    the flags travel with the ranks' row counts, or on their own when no table is replicated."""
+    the flags travel with the replicated tables' row counts, or, when no table is replicated, came
+    with the sharded lookup's counts in the forward pass (sharding.py)."""
     replicated, shard = model.embeddings.replicated_weight(), model.embeddings.sharded_weight()
     if not denv.distributed:
         for table in (replicated, shard):
@@ -31,9 +32,7 @@ def finish_sparse_grads(model: DLRM, denv: DistEnv, stop: bool) -> bool:
     if replicated is not None:
         stop = allreduce_sparse_grad(replicated, denv.world_size, stop)
     else:
-        flag = torch.tensor([int(stop)], device=shard.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        stop = bool(flag.item())
+        stop = model.embeddings.any_rank_stopping
     if shard is not None and shard.grad is not None:
         grad = coalesced_grad(shard.grad)
         grad._values().div_(denv.world_size)

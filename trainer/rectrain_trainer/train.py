@@ -38,6 +38,7 @@ from .config import ConfigError, DistEnv
 from .data import (Batch, BatchLoader, DeviceBatchLoader, DeviceTable, Table, make_batch, open_binary_many, read_criteo_tsv,
                    steps_per_epoch, synthetic_datasets)
 from .fused_sparse import SPARSE_KINDS, FusedSparseOptimizer, attach_row_grads, detach_row_grads, row_grads_of
+from .host_allocator import retain_freed_memory
 from .loop_state import LoopState, LossWindow
 from .metrics import RankMetrics, log_loss, roc_auc
 from .model import DLRM, EmbeddingTables
@@ -307,6 +308,7 @@ def train(cfg: TrainerConfig, denv: DistEnv | None = None, *, reporter=None, pro
     """
     denv = denv or DistEnv()
     training = cfg.training
+    retain_freed_memory()  # before the data and the model: every later allocation is served that way
     device = _pick_device(cfg, denv)
     _set_matmul_precision(device, training.precision)
     if training.precision == "fp16" and device.type != "cuda":
@@ -409,7 +411,7 @@ def _set_up(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _Stop
             len(train_data), len(eval_data) if eval_data is not None else 0,
             f", planted oracle AUC {oracle_auc:.4f}" if oracle_auc is not None else "",
         )
-    model, dlrm = _build_model(cfg, denv, device)
+    model, dlrm = _build_model(cfg, denv, device, stop)
     opt_cfg = training.optimizer
     optimizers = [
         _make_sparse_optimizer(opt_cfg.sparse, dlrm.sparse_parameters(), opt_cfg.sparseLearningRate or opt_cfg.learningRate,
@@ -428,7 +430,7 @@ def _set_up(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _Stop
     )
 
 
-def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> tuple[torch.nn.Module, DLRM]:
+def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device, stop: _StopFlag) -> tuple[torch.nn.Module, DLRM]:
     """(the module a step calls, the DLRM): DDP averages the dense (MLP) gradients; the embedding
     tables are left out of DDP: replicated ones average their sparse gradient in sparse_exchange,
     sharded ones (model.sharding) are looked up over all_to_all (sharding.py)."""
@@ -437,7 +439,8 @@ def _build_model(cfg: TrainerConfig, denv: DistEnv, device: torch.device) -> tup
     if plan.sharded:
         # Its own process group: the lookups' all_to_alls never interleave with DDP's allreduces.
         group = dist.new_group(backend=dist.get_backend())
-        embeddings = ShardedEmbeddingTables(cfg.model.tableSizes, cfg.model.embeddingDim, plan, denv.rank, seed, device, group)
+        embeddings = ShardedEmbeddingTables(cfg.model.tableSizes, cfg.model.embeddingDim, plan, denv.rank, seed, device, group,
+                                            stop_source=lambda: stop.set)
     else:
         embeddings = EmbeddingTables(cfg.model.tableSizes, cfg.model.embeddingDim, seed=seed, device=device)
     dlrm = DLRM(cfg.model, embeddings).to(device)
