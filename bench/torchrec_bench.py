@@ -35,7 +35,9 @@ TorchRec interleaved (order alternating per repeat) so load spikes on a shared m
 TorchRec setting (--sharding): the fastest this machine gave (see bench/README.md): fused kernels
 (FBGEMM CPU table-batched embeddings) with Adagrad applied in the backward pass
 (`apply_optimizer_in_backward`, EXACT_ADAGRAD), dense part under DMP's DDP with Adagrad, bf16 via
-torch.autocast; `auto` lets TorchRec's planner choose.
+torch.autocast; `auto` lets TorchRec's planner choose. Its processes get what our trainer sets for
+itself: transparent huge pages (THP_MEM_ALLOC_ENABLE=1) and glibc malloc keeping freed memory
+(TORCHREC_MALLOC_ENV).
 
 TorchRec is not a project dependency: on first use this script makes a separate venv at
 .bench-venv/torchrec (git-ignored) with `torch==2.13.0 fbgemm-gpu-cpu==1.8.0 numpy`,
