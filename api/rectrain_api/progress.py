@@ -19,6 +19,14 @@ class Progress(BaseModel):
     samplesPerSecond: float | None = Field(None, ge=0, description="Global training throughput.")
     etaSeconds: float | None = Field(None, ge=0, description="Estimated seconds to finish.")
     lastCheckpointStep: int | None = Field(None, ge=0, description="Step of the newest complete checkpoint.")
+    resumedFromStep: int | None = Field(None, ge=0, description="Step of the checkpoint this run resumed from, if it resumed.")
+    checkpointJobUid: str | None = Field(
+        None, max_length=128,
+        description=(
+            "metadata.uid of the RecTrainJob that wrote the checkpoint this run resumed from (from RECTRAIN_JOB_UID). "
+            "Another job's uid makes the operator warn (condition CheckpointFromAnotherJob)."
+        ),
+    )
     updatedTime: str | None = Field(None, description="RFC 3339 time of this update.")
 
 

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 TRAINER_CONFIG_ENV = "RECTRAIN_TRAINER_CONFIG"
 JOB_NAME_ENV = "RECTRAIN_JOB_NAME"
 JOB_NAMESPACE_ENV = "RECTRAIN_JOB_NAMESPACE"
+# metadata.uid: recorded in every checkpoint, so a run that resumes from another job's (an earlier job
+# of the same name, or one sharing the directory) can say so.
+JOB_UID_ENV = "RECTRAIN_JOB_UID"
 # spec.trainer.checkpoint.directory, for every rank (a custom script checkpoints there and resumes from it).
 CHECKPOINT_DIR_ENV = "RECTRAIN_CHECKPOINT_DIR"
 

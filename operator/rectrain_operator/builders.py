@@ -14,7 +14,7 @@ from typing import Any
 from rectrain_api import job as api
 from rectrain_api.job import SPOT_PRESETS, spot_node_terms
 from rectrain_api.quantity import parse_quantity
-from rectrain_api.trainer_config import CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, TRAINER_CONFIG_ENV
+from rectrain_api.trainer_config import CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, JOB_UID_ENV, TRAINER_CONFIG_ENV
 from rectrain_api.validation import check_spec
 
 from rectrain_operator import podgroup
@@ -177,6 +177,8 @@ def build_env(spec: api.RecTrainJobSpec, ref: JobRef, rank: int, size: int | Non
     env.update(spec.nccl.env)
     env[JOB_NAME_ENV] = ref.name
     env[JOB_NAMESPACE_ENV] = ref.namespace
+    if ref.uid:
+        env[JOB_UID_ENV] = ref.uid
     if spec.trainer.checkpoint.directory:
         env[CHECKPOINT_DIR_ENV] = spec.trainer.checkpoint.directory
     if not spec.custom_command:

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+from rectrain_api.timestamps import parse_time
 
-from rectrain_operator import builders, elastic, lifecycle, podgroup
+from rectrain_operator import builders, elastic, job_actions, job_observation, lifecycle, podgroup
 from rectrain_operator.cluster import ChildError, Cluster
 from rectrain_operator.metrics import Metrics
 
@@ -195,9 +196,9 @@ class Reconciler:
             return None  # ownerReferences garbage-collect the children
         meta = job["metadata"]
         children = listed.result()
-        pods = [v for v in (lifecycle.pod_view(p) for p in children) if v is not None]
+        pods = [v for v in (job_observation.pod_view(p) for p in children) if v is not None]
         probes = [v for v in (elastic.probe_view(p) for p in children) if v is not None]
-        obs = lifecycle.Observation(
+        obs = job_observation.Observation(
             name=name,
             namespace=namespace,
             uid=meta["uid"],
@@ -206,7 +207,7 @@ class Reconciler:
             status=job.get("status") or {},
             pods=pods,
             now=now or datetime.now(timezone.utc),
-            created=lifecycle.parse_time(meta.get("creationTimestamp")),
+            created=parse_time(meta.get("creationTimestamp")),
             rejected=rejected,
             probes=probes,
             gang=self._gang_state(job),
@@ -218,7 +219,7 @@ class Reconciler:
         patched = None
         if decision.status:
             new_job = not (job.get("status") or {}).get("phase")
-            deletes = any(isinstance(a, (lifecycle.DeletePods, lifecycle.DeleteChildren)) for a in decision.actions)
+            deletes = any(isinstance(a, (job_actions.DeletePods, job_actions.DeleteChildren)) for a in decision.actions)
             if new_job and not deletes and decision.actions:
                 patched = self._io.submit(self.cluster.patch_status, namespace, name, decision.status)
             else:
@@ -230,7 +231,7 @@ class Reconciler:
             if patched is not None:
                 patched.result()  # a failed patch fails the pass (retried), as before
 
-    def _run_actions(self, job: dict[str, Any], decision: lifecycle.Decision, namespace: str, name: str,
+    def _run_actions(self, job: dict[str, Any], decision: job_actions.Decision, namespace: str, name: str,
                      now: datetime | None, rejected: str | None, patched) -> float | None:
         meta = job["metadata"]
         requeue = decision.requeue_after
@@ -255,15 +256,15 @@ class Reconciler:
         self._count(namespace, decision)
         return requeue
 
-    def _act(self, job: dict[str, Any], ref: builders.JobRef, decision: lifecycle.Decision, action: Any) -> None:
+    def _act(self, job: dict[str, Any], ref: builders.JobRef, decision: job_actions.Decision, action: Any) -> None:
         spec = decision.spec
-        if isinstance(action, lifecycle.Event):
+        if isinstance(action, job_actions.Event):
             self.cluster.post_event(job, action.type, action.reason, action.message)
-        elif isinstance(action, lifecycle.EnsureChildren):
+        elif isinstance(action, job_actions.EnsureChildren):
             assert spec is not None
             for obj in child_order([builders.build_service(spec, ref), *builders.build_rbac(ref)]):
                 self.cluster.create(obj)
-        elif isinstance(action, lifecycle.CreatePods):
+        elif isinstance(action, job_actions.CreatePods):
             assert spec is not None
             pods = builders.build_pods(spec, ref, action.attempt, list(action.ranks), action.size)
             if not pods:
@@ -288,11 +289,11 @@ class Reconciler:
                     list(pool.map(create, pods[1:]))
             if errors:
                 raise errors[0]
-        elif isinstance(action, lifecycle.CreateProbes):
+        elif isinstance(action, job_actions.CreateProbes):
             assert spec is not None
             for index in action.indices:
                 self.cluster.create(builders.build_probe(spec, ref, index))
-        elif isinstance(action, lifecycle.DeletePods):
+        elif isinstance(action, job_actions.DeletePods):
             failed_pods: list[ChildError] = []
             for pod_name in action.names:
                 try:
@@ -301,7 +302,7 @@ class Reconciler:
                     failed_pods.append(exc)
             if failed_pods:
                 raise failed_pods[0]
-        elif isinstance(action, lifecycle.DeleteChildren):
+        elif isinstance(action, job_actions.DeleteChildren):
             account = builders.trainer_account_name(ref)
             targets = [("Pod", p["metadata"]["name"]) for p in self.cluster.list_pods(ref.namespace, ref.name)]
             targets += [("Service", builders.service_name(ref)), ("RoleBinding", account), ("Role", account),
@@ -366,7 +367,7 @@ class Reconciler:
             time.sleep(pause)
             pause = min(2 * pause, TOKEN_POLL_MAX_SECONDS)
 
-    def _count(self, namespace: str, d: lifecycle.Decision) -> None:
+    def _count(self, namespace: str, d: job_actions.Decision) -> None:
         m = self.metrics
         if d.created:
             m.created.labels(namespace=namespace).inc()

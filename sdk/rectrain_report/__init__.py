@@ -3,6 +3,7 @@
     import rectrain_report as rr
     rr.report(step=i, total_steps=n, loss=loss, samples_per_second=sps, epoch=e, metrics={"auc": auc})
     rr.checkpoint(step=i)          # after a checkpoint is complete
+    rr.resumed(step=i, checkpoint_job_uid=uid)  # after resuming from one (uid: what it recorded)
 
 `kubectl get rtj` then shows the step, percent and AUC. Inside a RecTrainJob's pod (RECTRAIN_JOB_NAME,
 RECTRAIN_JOB_NAMESPACE, KUBERNETES_SERVICE_HOST and a service-account token are there) rank 0
@@ -24,7 +25,7 @@ from .payload import METRIC_FIELDS, ProgressTracker, clean_metrics
 from .sender import StatusSender
 from .wire import API_VERSION_ENV, DEFAULT_VERSION, JOB_NAME_ENV, JOB_NAMESPACE_ENV, Connection
 
-__all__ = ["Reporter", "report", "checkpoint", "close", "configure", "METRIC_FIELDS"]
+__all__ = ["Reporter", "report", "checkpoint", "resumed", "close", "configure", "METRIC_FIELDS"]
 
 INTERVAL_ENV = "RECTRAIN_REPORT_INTERVAL"
 FINAL_SECONDS_ENV = "RECTRAIN_REPORT_FINAL_SECONDS"
@@ -92,6 +93,17 @@ class Reporter:
         except Exception as e:  # noqa: BLE001
             log.debug("rectrain_report: checkpoint(step=%r) ignored: %s", step, e)
 
+    def resumed(self, step: int, checkpoint_job_uid: str | None = None) -> None:
+        """This run resumed from the checkpoint of `step`, which the job with metadata.uid
+        `checkpoint_job_uid` wrote (record RECTRAIN_JOB_UID in your checkpoints to know it). The
+        operator warns when that is another job's (status.progress.checkpointJobUid)."""
+        if self.sender is None:
+            return
+        try:
+            self.sender.update({"progress": self.tracker.resumed(step, checkpoint_job_uid)})
+        except Exception as e:  # noqa: BLE001
+            log.debug("rectrain_report: resumed(step=%r) ignored: %s", step, e)
+
     def close(self, timeout: float | None = None) -> bool:
         """Deliver what is pending (trying for up to `timeout` seconds) and stop; True when nothing was lost."""
         if self.sender is None:
@@ -146,6 +158,11 @@ def report(step: int, total_steps: int | None = None, loss: float | None = None,
 def checkpoint(step: int) -> None:
     """See Reporter.checkpoint."""
     _get().checkpoint(step)
+
+
+def resumed(step: int, checkpoint_job_uid: str | None = None) -> None:
+    """See Reporter.resumed."""
+    _get().resumed(step, checkpoint_job_uid)
 
 
 def close(timeout: float | None = None) -> bool:

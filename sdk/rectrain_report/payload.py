@@ -83,6 +83,15 @@ class ProgressTracker:
             raise ValueError("step must be a count >= 0")
         return {"lastCheckpointStep": step, "updatedTime": now_rfc3339()}
 
+    def resumed(self, step: int, checkpoint_job_uid: str | None = None) -> dict[str, Any]:
+        step = _count(step)
+        if step is None:
+            raise ValueError("step must be a count >= 0")
+        fields = {"resumedFromStep": step, "updatedTime": now_rfc3339()}
+        if isinstance(checkpoint_job_uid, str) and 0 < len(checkpoint_job_uid) <= 128:
+            fields["checkpointJobUid"] = checkpoint_job_uid
+        return fields
+
 
 def clean_metrics(metrics: dict[str, Any], step: int) -> dict[str, Any]:
     """status.metrics from report()'s `metrics`: known names only (the CRD has no others: the API

@@ -29,6 +29,7 @@ MERGE_PATCH = "application/merge-patch+json"
 # What the operator puts into every rank pod (rectrain_api.trainer_config holds the same names).
 JOB_NAME_ENV = "RECTRAIN_JOB_NAME"
 JOB_NAMESPACE_ENV = "RECTRAIN_JOB_NAMESPACE"
+JOB_UID_ENV = "RECTRAIN_JOB_UID"  # record it in checkpoints; report the resumed one's as progress.checkpointJobUid
 CHECKPOINT_DIR_ENV = "RECTRAIN_CHECKPOINT_DIR"
 API_VERSION_ENV = "RECTRAIN_API_VERSION"  # override of the CRD version to patch
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -92,7 +92,7 @@ def test_submit_describe_and_logs_with_restarts_and_preemptions(kubeconfig, k8s_
     assert "desc-0-a2" in pods_section and "desc-1-a2" in pods_section
     events = text.split("Events:")[1]
     # The operator's Warning Events for the two gang restarts: reason Preempted for the eviction, then
-    # ApplicationFailed for the exit code, each with its restart number (lifecycle._restart_gang).
+    # ApplicationFailed for the exit code, each with its restart number (gang_failures.restart_gang).
     restarting = r"; restarting all 2 ranks in \S+s \(restart {}\)$"
     preempted = rf"^  Warning +Preempted +.* ago  pod {pods[1].metadata.name}: Evicted: .*" + restarting.format(1)
     failed = r"^  Warning +ApplicationFailed +.* ago  .*" + restarting.format(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from rectrain_operator import lifecycle as lc
-from rectrain_operator.lifecycle import PodView
+from rectrain_operator.job_observation import PodView
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -117,7 +117,7 @@ def test_elastic_rank_pods_carry_the_world_size_of_their_gang():
 # ------------------------------------------------------------------ the lifecycle with spec.elastic
 
 from rectrain_operator import lifecycle as lc  # noqa: E402
-from rectrain_operator.lifecycle import CreatePods, CreateProbes, DeletePods  # noqa: E402
+from rectrain_operator.job_actions import CreatePods, CreateProbes, DeletePods  # noqa: E402
 
 ELASTIC_SPEC = {"image": "img", "elastic": {"minReplicas": 1, "maxReplicas": 3},
                 "trainer": {"checkpoint": {"directory": "/c"}, "training": {"globalBatchSize": 96}},

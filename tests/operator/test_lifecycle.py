@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from rectrain_operator import lifecycle as lc
-from rectrain_operator.lifecycle import CreatePods, DeleteChildren, DeletePods, EnsureChildren
+from rectrain_operator.failure_classification import backoff_seconds, classify
+from rectrain_operator.job_actions import CreatePods, DeleteChildren, DeletePods, EnsureChildren
 
 from lifecycle_support import T0, cond, obs, pod, step
 
@@ -88,14 +89,14 @@ def running(**spec):
     ],
 )
 def test_classification(bad, cause, reason):
-    f = lc.classify(pod(1, **bad), spot=False)
+    f = classify(pod(1, **bad), spot=False)
     assert (f.cause, f.reason) == (cause, reason)
 
 
 def test_signal_exit_on_spot_is_preemption():
-    assert lc.classify(pod(0, phase="Failed", exit_code=143), spot=True).cause == "preemption"
-    assert lc.classify(pod(0, phase="Failed", exit_code=2), spot=True).cause == "failure"
-    assert lc.classify(pod(0, phase="Succeeded", exit_code=0), spot=True) is None
+    assert classify(pod(0, phase="Failed", exit_code=143), spot=True).cause == "preemption"
+    assert classify(pod(0, phase="Failed", exit_code=2), spot=True).cause == "failure"
+    assert classify(pod(0, phase="Succeeded", exit_code=0), spot=True) is None
 
 
 # The exit-code contract (rectrain_api.exit_codes), as the lifecycle applies it to a failed rank pod.
@@ -118,17 +119,17 @@ def test_signal_exit_on_spot_is_preemption():
     ],
 )
 def test_exit_code_contract(code, spot, cause, reason, retryable):
-    f = lc.classify(pod(1, phase="Failed", exit_code=code, container_reason="Error"), spot=spot)
+    f = classify(pod(1, phase="Failed", exit_code=code, container_reason="Error"), spot=spot)
     assert (f.cause, f.reason, f.retryable, f.exit_code) == (cause, reason, retryable, code)
 
 
 @pytest.mark.parametrize("code", [2, 143, 137])
 def test_pod_state_decides_before_the_exit_code(code):
     # A pod evicted, disrupted or deleted is a preemption whatever its code; OOMKilled is a failure even on spot.
-    assert lc.classify(pod(1, phase="Failed", exit_code=code, reason="Evicted"), spot=False).cause == "preemption"
-    assert lc.classify(pod(1, phase="Failed", exit_code=code, disruption="EvictionByEvictionAPI"), spot=False).cause == "preemption"
-    assert lc.classify(pod(1, phase="Failed", exit_code=code, deleting=True), spot=False).reason == "PodDeleted"
-    oom = lc.classify(pod(1, phase="Failed", exit_code=137, container_reason="OOMKilled"), spot=True)
+    assert classify(pod(1, phase="Failed", exit_code=code, reason="Evicted"), spot=False).cause == "preemption"
+    assert classify(pod(1, phase="Failed", exit_code=code, disruption="EvictionByEvictionAPI"), spot=False).cause == "preemption"
+    assert classify(pod(1, phase="Failed", exit_code=code, deleting=True), spot=False).reason == "PodDeleted"
+    oom = classify(pod(1, phase="Failed", exit_code=137, container_reason="OOMKilled"), spot=True)
     assert (oom.cause, oom.reason) == ("failure", "OOMKilled")
 
 
@@ -206,7 +207,7 @@ def test_app_failure_restarts_gang_after_backoff_then_backoff_limit():
 def test_backoff_grows_and_caps():
     from rectrain_api.job import RunPolicy
     p = RunPolicy(restartBackoff={"initialSeconds": 2, "maxSeconds": 5})
-    assert [lc.backoff_seconds(p, n) for n in range(4)] == [2, 4, 5, 5]
+    assert [backoff_seconds(p, n) for n in range(4)] == [2, 4, 5, 5]
 
 
 def test_preemptions_do_not_consume_backoff_limit():
@@ -325,9 +326,9 @@ def test_pod_view_from_manifest():
 
 
 def test_permanent_waiting_reason_is_an_app_failure():
-    f = lc.classify(pod(0, phase="Pending", waiting_reason="InvalidImageName"), spot=False)
+    f = classify(pod(0, phase="Pending", waiting_reason="InvalidImageName"), spot=False)
     assert (f.cause, f.reason) == ("failure", "InvalidImageName")
-    assert lc.classify(pod(0, phase="Pending", waiting_reason="ImagePullBackOff"), spot=False) is None
+    assert classify(pod(0, phase="Pending", waiting_reason="ImagePullBackOff"), spot=False) is None
 
 
 def test_replicas_change_restarts_gang_without_counting():

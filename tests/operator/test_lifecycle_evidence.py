@@ -8,7 +8,10 @@ from datetime import timedelta
 import pytest
 
 from rectrain_operator import lifecycle as lc
-from rectrain_operator.lifecycle import CreatePods, DeletePods
+from rectrain_operator.failure_classification import classify
+from rectrain_operator.job_actions import CreatePods, DeletePods
+from rectrain_operator.requeue_delays import REQUEUE_SLACK_SECONDS
+from rectrain_operator.rendezvous_watchdog import DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS, rendezvous_timeout
 
 from lifecycle_support import T0, cond, obs, pod, step
 
@@ -51,7 +54,7 @@ def test_failed_attempts_ended_pods_are_kept_until_the_next_attempt_runs():
     # Still kept while the next attempt is pending ...
     new = [pod(0, "Pending", attempt=1), pod(1, "Pending", attempt=1)]
     d, st = step(obs(st, [crashed, *new], now=T0 + timedelta(seconds=2), **spec))
-    assert not deletes(d) and d.requeue_after == pytest.approx(600 - 2 + lc.REQUEUE_SLACK_SECONDS)
+    assert not deletes(d) and d.requeue_after == pytest.approx(600 - 2 + REQUEUE_SLACK_SECONDS)
     # ... and deleted once it runs.
     new = [pod(0, attempt=1), pod(1, attempt=1)]
     d, st = step(obs(st, [crashed, *new], now=T0 + timedelta(seconds=3), **spec))
@@ -86,12 +89,12 @@ def test_an_attempt_older_than_the_last_failed_one_is_not_kept():
 def test_a_reclaim_in_progress_is_reported_as_an_eviction_with_its_reason():
     reclaimed = pod(1, deleting=True, disruption="TerminationByCloudProvider",
                     disruption_message="the spot instance's capacity was reclaimed")
-    on_spot = lc.classify(reclaimed, spot=True)
+    on_spot = classify(reclaimed, spot=True)
     assert (on_spot.cause, on_spot.reason) == ("preemption", "TerminationByCloudProvider")
     assert "spot capacity reclaimed" in on_spot.message and "capacity was reclaimed" in on_spot.message
-    drained = lc.classify(pod(1, deleting=True, disruption="EvictionByEvictionAPI"), spot=False)
+    drained = classify(pod(1, deleting=True, disruption="EvictionByEvictionAPI"), spot=False)
     assert drained.reason == "EvictionByEvictionAPI" and "evicted" in drained.message
-    assert lc.classify(pod(1, deleting=True), spot=False).reason == "PodDeleted"  # no sign of who: generic
+    assert classify(pod(1, deleting=True), spot=False).reason == "PodDeleted"  # no sign of who: generic
 
 
 def test_pod_view_reads_the_disruption_message():
@@ -114,11 +117,11 @@ def test_no_first_step_within_the_timeout_stalls_and_restarts_as_a_failure():
     spec = dict(runPolicy={"rendezvousTimeoutSeconds": 60, "restartBackoff": {"initialSeconds": 0}})
     _, st = step(obs(**spec))
     d, st = step(obs(st, [pod(0, started_at=T0), pod(1, started_at=T0)], **spec))
-    assert st["phase"] == "Running" and d.requeue_after == pytest.approx(60 + lc.REQUEUE_SLACK_SECONDS)
+    assert st["phase"] == "Running" and d.requeue_after == pytest.approx(60 + REQUEUE_SLACK_SECONDS)
     ranks = [pod(0, started_at=T0), pod(1, started_at=T0)]
     d, st2 = step(obs(st, ranks, now=T0 + timedelta(seconds=59), **spec))
     assert st2["phase"] == "Running" and cond(st2, "Stalled") is None
-    assert d.requeue_after == pytest.approx(1 + lc.REQUEUE_SLACK_SECONDS)
+    assert d.requeue_after == pytest.approx(1 + REQUEUE_SLACK_SECONDS)
     d, st3 = step(obs(st2, ranks, now=T0 + timedelta(seconds=60), **spec))
     stalled = cond(st3, "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "RendezvousTimeout"
@@ -146,9 +149,9 @@ def test_a_report_of_this_attempt_keeps_the_watchdog_quiet_and_clears_stalled():
 
 def test_watchdog_defaults_and_off_switch():
     from rectrain_api.job import RecTrainJobSpec
-    assert lc.rendezvous_timeout(RecTrainJobSpec(image="i")) == lc.DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS
-    assert lc.rendezvous_timeout(RecTrainJobSpec(image="i", command=["python", "x.py"])) == 0
-    assert lc.rendezvous_timeout(RecTrainJobSpec(image="i", command=["x"], runPolicy={"rendezvousTimeoutSeconds": 9})) == 9
+    assert rendezvous_timeout(RecTrainJobSpec(image="i")) == DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS
+    assert rendezvous_timeout(RecTrainJobSpec(image="i", command=["python", "x.py"])) == 0
+    assert rendezvous_timeout(RecTrainJobSpec(image="i", command=["x"], runPolicy={"rendezvousTimeoutSeconds": 9})) == 9
     spec = dict(runPolicy={"rendezvousTimeoutSeconds": 0})
     d, st = step(obs(running(**spec), [pod(0), pod(1)], now=T0 + timedelta(days=1), **spec))
     assert st["phase"] == "Running" and d.actions == []

@@ -4,7 +4,7 @@ the job now."""
 from __future__ import annotations
 
 from rectrain_api.job import Condition
-from rectrain_operator.lifecycle import headline
+from rectrain_operator.conditions import headline
 
 
 def cond(type_: str, status: str, reason: str, at: str) -> Condition:

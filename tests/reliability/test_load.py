@@ -25,8 +25,8 @@ from gang_support import COSCHEDULING_CRD, install_crd_file
 from jobs_support import chart_rbac_applied, render_chart
 from kubernetes import client, watch
 from rectrain_api import job as api
+from rectrain_api.timestamps import parse_time
 from rectrain_local.node.gang import DEFAULT_SCHEDULER_NAME, quantity
-from rectrain_operator.lifecycle import parse_time
 from support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]

@@ -120,15 +120,16 @@ def test_payload_validates_against_the_api_models():
     tracker = ProgressTracker()
     tracker.progress(10, 100)
     progress = {**tracker.progress(step=40, total_steps=100, loss=0.4321, samples_per_second=1234.5, epoch=1),
-                **tracker.checkpoint(40)}
+                **tracker.checkpoint(40), **tracker.resumed(30, "6f1c-uid")}
     metrics = clean_metrics({"auc": 0.79, "logloss": 0.45, "rows_skipped": 3}, step=40)
     assert set(progress) == set(Progress.model_fields), "the SDK must fill every progress field"
     assert Progress.model_validate(progress).percent == 40.0
     assert TrainingMetrics.model_validate(metrics) == TrainingMetrics(auc=0.79, logloss=0.45, evalStep=40, rowsSkipped=3)
     assert set(METRIC_FIELDS) == set(TrainingMetrics.model_fields)
     # The environment names the operator sets are the ones the SDK reads.
-    assert (wire.JOB_NAME_ENV, wire.JOB_NAMESPACE_ENV, wire.CHECKPOINT_DIR_ENV) == (
-        trainer_config.JOB_NAME_ENV, trainer_config.JOB_NAMESPACE_ENV, trainer_config.CHECKPOINT_DIR_ENV)
+    assert (wire.JOB_NAME_ENV, wire.JOB_NAMESPACE_ENV, wire.JOB_UID_ENV, wire.CHECKPOINT_DIR_ENV) == (
+        trainer_config.JOB_NAME_ENV, trainer_config.JOB_NAMESPACE_ENV, trainer_config.JOB_UID_ENV,
+        trainer_config.CHECKPOINT_DIR_ENV)
 
 
 def test_values_the_crd_would_refuse_are_left_out_not_sent():

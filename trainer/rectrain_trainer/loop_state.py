@@ -54,6 +54,8 @@ class LoopState:
     epoch: int = 0
     epoch_step: int = 0  # batches of `epoch` done
     last_checkpoint_step: int | None = None
+    resumed_from_step: int | None = None  # the checkpoint this run started from, and who wrote it
+    checkpoint_job_uid: str | None = None
     # Training measurements, as of the last log point.
     loss: float | None = None  # mean over all ranks' samples of the window
     samples_per_second: float | None = None  # global

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from rectrain_api.exit_codes import PREEMPTED as PREEMPTED_EXIT_CODE
 from rectrain_api.progress import Progress, TrainingMetrics
-from rectrain_api.trainer_config import TrainerConfig
+from rectrain_api.trainer_config import JOB_UID_ENV, TrainerConfig
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DistEnv
@@ -508,10 +508,20 @@ def _resume(run: _Run) -> LoopState:
         if rank == 0:
             log.warning("checkpoint was written with global batch %d, now %d: continuing at batch %d of epoch %d",
                         old_global, run.global_batch, state.epoch_step, state.epoch)
-    state.last_checkpoint_step = state.step
+    state.last_checkpoint_step = state.resumed_from_step = state.step
+    state.checkpoint_job_uid = meta.get("jobUid")
     if rank == 0:
         log.info("resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
+        if state.checkpoint_job_uid and _job_uid() and state.checkpoint_job_uid != _job_uid():
+            log.warning("the checkpoint %s was written by another RecTrainJob (uid %s, this one is %s): an earlier job "
+                        "of this name or one sharing checkpoint.directory; resuming from it", path,
+                        state.checkpoint_job_uid, _job_uid())
     return state
+
+
+def _job_uid() -> str | None:
+    """The RecTrainJob's metadata.uid (the operator sets it in every rank pod); None outside one."""
+    return os.environ.get(JOB_UID_ENV) or None
 
 
 def _train_epoch(run: _Run, state: LoopState) -> bool:
@@ -669,6 +679,8 @@ def _save_checkpoint(run: _Run, state: LoopState) -> str | None:
         return str(ckpt.step_dir(directory, state.step))
     meta = {"epoch": state.epoch, "epochStep": state.epoch_step, "totalSteps": run.total_steps,
             "worldSize": run.denv.world_size, "globalBatch": run.global_batch, "time": _now()}
+    if _job_uid():
+        meta["jobUid"] = _job_uid()
     path = ckpt.save(directory, state.step, run.model, run.optimizers, run.scaler, meta, run.denv.rank,
                      run.cfg.checkpoint.keep, extra={"torch_rng": torch.get_rng_state()})
     state.last_checkpoint_step = state.step
@@ -701,7 +713,8 @@ def _report_status(run: _Run, state: LoopState) -> None:
         epoch=min(state.epoch, max(run.cfg.training.epochs - 1, 0)), step=step, totalSteps=total,
         percent=round(100.0 * step / total, 2) if total else None,
         loss=_rounded(state.loss, 5), samplesPerSecond=_rounded(state.samples_per_second, 1), etaSeconds=_rounded(eta, 1),
-        lastCheckpointStep=state.last_checkpoint_step, updatedTime=_now(),
+        lastCheckpointStep=state.last_checkpoint_step, resumedFromStep=state.resumed_from_step,
+        checkpointJobUid=state.checkpoint_job_uid, updatedTime=_now(),
     )
     auc = state.auc if state.auc is not None and not math.isnan(state.auc) else None
     metrics = TrainingMetrics(auc=_rounded(auc, 5), logloss=_rounded(state.logloss, 5), evalStep=state.eval_step,
