@@ -44,10 +44,13 @@ if ckpt and os.path.exists(ckpt):
     model.module.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
     step = state["step"]
     print(f"rank {rank}: resumed from step {step}", flush=True)
+    if rank == 0:  # which job wrote it: the operator warns when it was another one (same name re-created)
+        rr.resumed(step, checkpoint_job_uid=state.get("job_uid"))
 
 def save():
     if ckpt and rank == 0:  # replicas are identical; write whole, then rename (never half a file)
-        torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt + ".tmp")
+        torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "job_uid": os.environ.get("RECTRAIN_JOB_UID")}, ckpt + ".tmp")
         os.replace(ckpt + ".tmp", ckpt)
         rr.checkpoint(step)
 

@@ -76,5 +76,9 @@ def test_custom_script_reports_progress_and_resumes_after_a_reclaim(harness, ope
     rank0 = harness.pods("custom-script", status["attempt"])[0].metadata.name
     resumed = re.search(r"resumed from step (\d+)", kubectl(kubeconfig, namespace, "logs", rank0))
     assert resumed and int(resumed.group(1)) >= last_before, f"not resumed from its own checkpoint: {recorder.samples}"
+    # rr.resumed: the step and the job that wrote it, its own uid (RECTRAIN_JOB_UID), so no warning
+    uid = harness.job("custom-script")["metadata"]["uid"]
+    assert (status["progress"]["resumedFromStep"], status["progress"]["checkpointJobUid"]) == (int(resumed.group(1)), uid)
+    assert harness.condition("custom-script", "CheckpointFromAnotherJob") is None
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 600
     assert status["progress"]["lastCheckpointStep"] == 600 and status["metrics"]["auc"] > 0.8
