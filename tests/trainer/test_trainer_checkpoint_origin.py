@@ -5,6 +5,7 @@ checkpointJobUid): what lets the operator warn when a job silently continues ano
 
 from __future__ import annotations
 
+import json
 import logging
 
 from rectrain_api.trainer_config import JOB_UID_ENV
@@ -51,3 +52,15 @@ def test_a_resumed_run_reports_its_checkpoints_step_and_the_job_that_wrote_it(tm
     own = _run(tmp_path, 40, "uid-second", monkeypatch).progress[-1]
     assert (own.step, own.resumedFromStep, own.checkpointJobUid) == (40, 30, "uid-second")
     assert not [r for r in caplog.records if OTHER_JOB in r.getMessage()]
+
+
+def test_an_unreadable_job_uid_in_a_checkpoint_is_left_out_not_a_crash(tmp_path, monkeypatch):
+    """A hand-edited trainer.json (the completion marker holding the checkpoint's metadata) with a
+    jobUid the status cannot hold: the run resumes and reports no uid rather than failing."""
+    _run(tmp_path, 10, "uid-first", monkeypatch)
+    (marker,) = tmp_path.glob("step-*/trainer.json")
+    meta = json.loads(marker.read_text())
+    for odd in (7, "x" * 200):
+        marker.write_text(json.dumps({**meta, "jobUid": odd}))
+        resumed = _run(tmp_path, 10, "uid-second", monkeypatch).progress[-1]
+        assert (resumed.resumedFromStep, resumed.checkpointJobUid) == (10, None)

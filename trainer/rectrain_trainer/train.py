@@ -509,7 +509,8 @@ def _resume(run: _Run) -> LoopState:
             log.warning("checkpoint was written with global batch %d, now %d: continuing at batch %d of epoch %d",
                         old_global, run.global_batch, state.epoch_step, state.epoch)
     state.last_checkpoint_step = state.resumed_from_step = state.step
-    state.checkpoint_job_uid = meta.get("jobUid")
+    uid = meta.get("jobUid")
+    state.checkpoint_job_uid = uid if isinstance(uid, str) and 0 < len(uid) <= 128 else None  # what Progress takes
     if rank == 0:
         log.info("resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
         if state.checkpoint_job_uid and _job_uid() and state.checkpoint_job_uid != _job_uid():
