@@ -8,6 +8,16 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 
+# status.progress.checkpointJobUid: a Kubernetes uid has 36 characters; room for others, none for junk.
+JOB_UID_MAX_LENGTH = 128
+
+
+def readable_job_uid(value: object) -> str | None:
+    """`value` when status.progress.checkpointJobUid can hold it, else None (e.g. from a hand-edited
+    checkpoint): the one rule for the trainer that reports it and the operator that reads it."""
+    return value if isinstance(value, str) and 0 < len(value) <= JOB_UID_MAX_LENGTH else None
+
+
 class Progress(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -21,7 +31,7 @@ class Progress(BaseModel):
     lastCheckpointStep: int | None = Field(None, ge=0, description="Step of the newest complete checkpoint.")
     resumedFromStep: int | None = Field(None, ge=0, description="Step of the checkpoint this run resumed from, if it resumed.")
     checkpointJobUid: str | None = Field(
-        None, max_length=128,
+        None, min_length=1, max_length=JOB_UID_MAX_LENGTH,
         description=(
             "metadata.uid of the RecTrainJob that wrote the checkpoint this run resumed from (from RECTRAIN_JOB_UID). "
             "Another job's uid makes the operator warn (condition CheckpointFromAnotherJob)."

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from rectrain_api import job as api
+from rectrain_api.progress import readable_job_uid
 
 from rectrain_operator.conditions import condition, set_condition
 from rectrain_operator.job_actions import Event
@@ -26,8 +27,8 @@ def foreign_checkpoint(obs: Observation, status: api.RecTrainJobStatus, spec: ap
     """The Warning Event (and the condition, set in `status`) the first time the trainer reports a
     checkpoint written by another job; nothing after that, or for the job's own checkpoints."""
     progress: Any = obs.status.get("progress")
-    uid = progress.get("checkpointJobUid") if isinstance(progress, dict) else None
-    if not isinstance(uid, str) or not uid or uid == obs.uid or condition(status.conditions, CONDITION) is not None:
+    uid = readable_job_uid(progress.get("checkpointJobUid")) if isinstance(progress, dict) else None
+    if uid is None or uid == obs.uid or condition(status.conditions, CONDITION) is not None:
         return []
     step = progress.get("resumedFromStep")
     at = f" at step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""

@@ -13,6 +13,7 @@ from typing import Any
 # Wire names of status.metrics, and the snake_case spellings report() also takes.
 METRIC_FIELDS = ("auc", "logloss", "evalStep", "rowsSkipped")
 _METRIC_ALIASES = {"eval_step": "evalStep", "rows_skipped": "rowsSkipped", "log_loss": "logloss"}
+JOB_UID_MAX_LENGTH = 128  # rectrain_api.progress's (a unit test keeps them equal)
 _RANGES: dict[str, tuple[float, float]] = {
     "auc": (0.0, 1.0), "logloss": (0.0, math.inf), "percent": (0.0, 100.0),
     "samplesPerSecond": (0.0, math.inf), "etaSeconds": (0.0, math.inf),
@@ -88,7 +89,7 @@ class ProgressTracker:
         if step is None:
             raise ValueError("step must be a count >= 0")
         fields = {"resumedFromStep": step, "updatedTime": now_rfc3339()}
-        if isinstance(checkpoint_job_uid, str) and 0 < len(checkpoint_job_uid) <= 128:
+        if isinstance(checkpoint_job_uid, str) and 0 < len(checkpoint_job_uid) <= JOB_UID_MAX_LENGTH:
             fields["checkpointJobUid"] = checkpoint_job_uid
         return fields
 

@@ -17,12 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from rectrain_api import progress as progress_api
 from rectrain_api import trainer_config
 from rectrain_api.progress import Progress, TrainingMetrics
 from support import wait_for
 
 import rectrain_report
-from rectrain_report import Reporter, wire
+from rectrain_report import Reporter, payload, wire
 from rectrain_report.payload import METRIC_FIELDS, ProgressTracker, clean_metrics
 from rectrain_report.wire import Connection
 
@@ -126,6 +127,8 @@ def test_payload_validates_against_the_api_models():
     assert Progress.model_validate(progress).percent == 40.0
     assert TrainingMetrics.model_validate(metrics) == TrainingMetrics(auc=0.79, logloss=0.45, evalStep=40, rowsSkipped=3)
     assert set(METRIC_FIELDS) == set(TrainingMetrics.model_fields)
+    assert payload.JOB_UID_MAX_LENGTH == progress_api.JOB_UID_MAX_LENGTH
+    assert "checkpointJobUid" not in tracker.resumed(30, "x" * (payload.JOB_UID_MAX_LENGTH + 1))
     # The environment names the operator sets are the ones the SDK reads.
     assert (wire.JOB_NAME_ENV, wire.JOB_NAMESPACE_ENV, wire.JOB_UID_ENV, wire.CHECKPOINT_DIR_ENV) == (
         trainer_config.JOB_NAME_ENV, trainer_config.JOB_NAMESPACE_ENV, trainer_config.JOB_UID_ENV,

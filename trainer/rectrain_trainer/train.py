@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from rectrain_api.exit_codes import PREEMPTED as PREEMPTED_EXIT_CODE
-from rectrain_api.progress import Progress, TrainingMetrics
+from rectrain_api.progress import Progress, TrainingMetrics, readable_job_uid
 from rectrain_api.trainer_config import JOB_UID_ENV, TrainerConfig
 
 from . import checkpoint as ckpt
@@ -509,14 +509,14 @@ def _resume(run: _Run) -> LoopState:
             log.warning("checkpoint was written with global batch %d, now %d: continuing at batch %d of epoch %d",
                         old_global, run.global_batch, state.epoch_step, state.epoch)
     state.last_checkpoint_step = state.resumed_from_step = state.step
-    uid = meta.get("jobUid")
-    state.checkpoint_job_uid = uid if isinstance(uid, str) and 0 < len(uid) <= 128 else None  # what Progress takes
+    state.checkpoint_job_uid = readable_job_uid(meta.get("jobUid"))
     if rank == 0:
         log.info("resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
-        if state.checkpoint_job_uid and _job_uid() and state.checkpoint_job_uid != _job_uid():
+        own_uid = _job_uid()
+        if state.checkpoint_job_uid and own_uid and state.checkpoint_job_uid != own_uid:
             log.warning("the checkpoint %s was written by another RecTrainJob (uid %s, this one is %s): an earlier job "
                         "of this name or one sharing checkpoint.directory; resuming from it", path,
-                        state.checkpoint_job_uid, _job_uid())
+                        state.checkpoint_job_uid, own_uid)
     return state
 
 
@@ -680,8 +680,8 @@ def _save_checkpoint(run: _Run, state: LoopState) -> str | None:
         return str(ckpt.step_dir(directory, state.step))
     meta = {"epoch": state.epoch, "epochStep": state.epoch_step, "totalSteps": run.total_steps,
             "worldSize": run.denv.world_size, "globalBatch": run.global_batch, "time": _now()}
-    if _job_uid():
-        meta["jobUid"] = _job_uid()
+    if uid := _job_uid():
+        meta["jobUid"] = uid
     path = ckpt.save(directory, state.step, run.model, run.optimizers, run.scaler, meta, run.denv.rank,
                      run.cfg.checkpoint.keep, extra={"torch_rng": torch.get_rng_state()})
     state.last_checkpoint_step = state.step
